@@ -1,0 +1,35 @@
+#pragma once
+// spattn::error: the one exception type for bad input. Messages name the argument,
+// the expected value and the given value, so a caller can fix the call without reading code.
+#include <sstream>
+#include <stdexcept>
+#include <string>
+#include <utility>
+
+namespace spattn {
+
+class error : public std::invalid_argument {
+ public:
+  explicit error(const std::string& what) : std::invalid_argument("spattn: " + what) {}
+};
+
+namespace detail {
+
+template <class... Parts>
+std::string concat(Parts&&... parts) {
+  std::ostringstream os;
+  (os << ... << std::forward<Parts>(parts));
+  return os.str();
+}
+
+}  // namespace detail
+
+// Throws spattn::error("argument 'name': expected <expected>, got <given>") unless ok.
+template <class Expected, class Given>
+inline void require(bool ok, const char* argument, const Expected& expected, const Given& given) {
+  if (!ok) {
+    throw error(detail::concat("argument '", argument, "': expected ", expected, ", got ", given));
+  }
+}
+
+}  // namespace spattn

@@ -1,0 +1,175 @@
+#pragma once
+// SIMD helpers on top of xsimd, compiled for the build's target (-march=native in our builds).
+// The vector width W is a compile-time constant; loops are written in units of W floats.
+#include <immintrin.h>
+
+#include <cmath>
+#include <cstddef>
+#include <cstdint>
+#include <limits>
+#include <new>
+#include <xsimd/xsimd.hpp>
+
+#include "spattn/core/dtype.hpp"
+
+namespace spattn::simd {
+
+using vfloat = xsimd::batch<float>;
+using vint = xsimd::batch<std::int32_t>;
+inline constexpr int W = static_cast<int>(vfloat::size);
+
+inline vfloat load(const float* p) {
+  return vfloat::load_unaligned(p);
+}
+inline void store(float* p, vfloat v) {
+  v.store_unaligned(p);
+}
+inline vfloat splat(float x) {
+  return vfloat(x);
+}
+
+// Loads W elements of storage type T as fp32 (F16C / AVX-512 conversions where present).
+inline vfloat load_f32(const float* p) {
+  return load(p);
+}
+
+// xsimd picks the widest instruction set the target has, so the preprocessor tells which
+// width W is: 16 under AVX-512, 8 under AVX/AVX2.
+inline vfloat load_f32(const f16* p) {
+#if defined(__AVX512F__)
+  static_assert(W == 16);
+  return vfloat(_mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p))));
+#elif defined(__AVX__) && defined(__F16C__)
+  static_assert(W == 8);
+  return vfloat(_mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))));
+#else
+  alignas(64) float tmp[W];
+  for (int i = 0; i < W; ++i) tmp[i] = to_float(p[i]);
+  return vfloat::load_aligned(tmp);
+#endif
+}
+
+inline vfloat load_f32(const bf16* p) {
+#if defined(__AVX512F__)
+  static_assert(W == 16);
+  const __m512i x = _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+  return vfloat(_mm512_castsi512_ps(_mm512_slli_epi32(x, 16)));
+#elif defined(__AVX2__)
+  static_assert(W == 8);
+  const __m256i x = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+  return vfloat(_mm256_castsi256_ps(_mm256_slli_epi32(x, 16)));
+#else
+  alignas(64) float tmp[W];
+  for (int i = 0; i < W; ++i) tmp[i] = to_float(p[i]);
+  return vfloat::load_aligned(tmp);
+#endif
+}
+
+// Converts n elements of T to fp32 (n any size; vectorised body, scalar tail).
+template <class T>
+inline void convert_to_f32(const T* src, float* dst, std::ptrdiff_t n) {
+  std::ptrdiff_t i = 0;
+  for (; i + W <= n; i += W) store(dst + i, load_f32(src + i));
+  for (; i < n; ++i) dst[i] = to_float(src[i]);
+}
+
+// Converts n fp32 values to T.
+template <class T>
+inline void convert_from_f32(const float* src, T* dst, std::ptrdiff_t n) {
+  for (std::ptrdiff_t i = 0; i < n; ++i) dst[i] = from_float<T>(src[i]);
+}
+
+inline float hmax(vfloat v) {
+  alignas(64) float t[W];
+  v.store_aligned(t);
+  float m = t[0];
+  for (int i = 1; i < W; ++i) m = t[i] > m ? t[i] : m;
+  return m;
+}
+
+inline float hsum(vfloat v) {
+  return xsimd::hadd(v);
+}
+
+#if defined(__AVX__)
+// Sums of 8 vectors, one per lane: result[i] = sum of h[i]'s lanes.
+inline __m256 transpose_sum8(const __m256* h) {
+  const __m256 t0 = _mm256_hadd_ps(h[0], h[1]), t1 = _mm256_hadd_ps(h[2], h[3]);
+  const __m256 t2 = _mm256_hadd_ps(h[4], h[5]), t3 = _mm256_hadd_ps(h[6], h[7]);
+  const __m256 u0 = _mm256_hadd_ps(t0, t1), u1 = _mm256_hadd_ps(t2, t3);
+  return _mm256_add_ps(_mm256_permute2f128_ps(u0, u1, 0x20), _mm256_permute2f128_ps(u0, u1, 0x31));
+}
+#endif
+
+// result[i] = sum of the lanes of rows[i], for W rows. (xsimd 8.1's haddp permutes lanes under
+// AVX-512, so we keep our own.)
+inline vfloat transpose_sum(const vfloat* rows) {
+#if defined(__AVX512F__)
+  __m256 h[16];
+  for (int i = 0; i < 16; ++i) {
+    const __m512 r = rows[i];
+    h[i] = _mm256_add_ps(_mm512_castps512_ps256(r),
+                         _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(r), 1)));
+  }
+  const __m256 lo = transpose_sum8(h), hi = transpose_sum8(h + 8);
+  return vfloat(_mm512_castpd_ps(
+      _mm512_insertf64x4(_mm512_castpd256_pd512(_mm256_castps_pd(lo)), _mm256_castps_pd(hi), 1)));
+#elif defined(__AVX__)
+  static_assert(W == 8);
+  __m256 h[8];
+  for (int i = 0; i < 8; ++i) h[i] = rows[i];
+  return vfloat(transpose_sum8(h));
+#else
+  alignas(64) float out[W];
+  for (int i = 0; i < W; ++i) out[i] = hsum(rows[i]);
+  return vfloat::load_aligned(out);
+#endif
+}
+
+// 2^x for x <= 0 (attention probabilities), relative error < 2e-7 (fit: 1.5e-7); exactly 0 below
+// -126 (so masked scores of -inf give 0, never a NaN).
+inline vfloat exp2_neg(vfloat x) {
+  const vfloat lo(-126.0f);
+  const auto underflow = x < lo;
+  x = xsimd::max(x, lo);
+  const vfloat fi = xsimd::floor(x);
+  const vfloat f = x - fi;  // [0, 1)
+  // Minimax polynomial for 2^f on [0, 1).
+  vfloat p(1.87623361e-3f);
+  p = xsimd::fma(p, f, vfloat(8.99258908e-3f));
+  p = xsimd::fma(p, f, vfloat(5.58235943e-2f));
+  p = xsimd::fma(p, f, vfloat(2.40154535e-1f));
+  p = xsimd::fma(p, f, vfloat(6.93152964e-1f));
+  p = xsimd::fma(p, f, vfloat(9.9999994e-1f));
+  const vint e = (xsimd::to_int(fi) + vint(127)) << 23;
+  const vfloat scale = xsimd::bitwise_cast<vfloat>(e);
+  return xsimd::select(underflow, vfloat(0.0f), p * scale);
+}
+
+// 64-byte aligned scratch buffer of floats (no initialisation).
+class aligned_buffer {
+ public:
+  aligned_buffer() = default;
+  explicit aligned_buffer(std::size_t n) { resize(n); }
+  aligned_buffer(const aligned_buffer&) = delete;
+  aligned_buffer& operator=(const aligned_buffer&) = delete;
+  ~aligned_buffer() { release(); }
+  void resize(std::size_t n) {
+    if (n <= cap_) return;
+    release();
+    data_ = static_cast<float*>(::operator new[](n * sizeof(float), std::align_val_t{64}));
+    cap_ = n;
+  }
+  float* data() const { return data_; }
+
+ private:
+  void release() {
+    if (data_) ::operator delete[](data_, std::align_val_t{64});
+    data_ = nullptr;
+    cap_ = 0;
+  }
+  float* data_ = nullptr;
+  std::size_t cap_ = 0;
+};
+
+}  // namespace spattn::simd

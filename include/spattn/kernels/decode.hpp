@@ -1,0 +1,285 @@
+#pragma once
+// Dense decoding (flash-decoding): a few new query tokens per sequence against a long KV cache.
+// Keys are split into fixed chunks processed in parallel, each giving a partial (O, m, l); the
+// partials are merged in chunk order, so the result never depends on the thread count. K and V
+// are read in place in their storage type (fp16/bf16 converted in registers), once per GQA group.
+#include <algorithm>
+#include <vector>
+
+#include "spattn/kernels/options.hpp"
+#include "spattn/kernels/tile.hpp"
+
+namespace spattn {
+namespace kernels {
+
+inline constexpr index_t decode_chunk_keys = 512;  // keys per split-K task
+inline constexpr int decode_row_panel = 4;         // query rows sharing each K/V load
+
+// Loads min(W, n) elements as fp32, zero-filling the rest (head_dim tails under AVX-512).
+template <class T>
+inline vfloat load_f32_n(const T* p, index_t n) {
+  alignas(64) float tmp[W] = {};
+  for (index_t i = 0; i < n; ++i) tmp[i] = to_float(p[i]);
+  return vfloat::load_aligned(tmp);
+}
+
+// Scores of RP rows against nb keys: s[r][j] = q_r . k_j (q pre-scaled).
+template <int RP, class T, class KeyPtr>
+inline void decode_qk(const float* q, index_t dpad, index_t d, KeyPtr key, index_t b0, int nb,
+                      float* s) {
+  const index_t dfull = d / W * W;
+  alignas(64) float t[RP][W][W];
+  for (int jg = 0; jg < nb; jg += W) {
+    for (int jj = 0; jj < W; ++jj) {
+      vfloat acc0[RP], acc1[RP];
+      for (int r = 0; r < RP; ++r) acc0[r] = acc1[r] = vfloat(0.0f);
+      if (jg + jj < nb) {
+        const T* kr = key(b0 + jg + jj);
+        index_t x = 0;
+        for (; x + 2 * W <= dfull; x += 2 * W) {
+          const vfloat k0 = simd::load_f32(kr + x), k1 = simd::load_f32(kr + x + W);
+          for (int r = 0; r < RP; ++r) {
+            acc0[r] = xsimd::fma(simd::load(q + r * dpad + x), k0, acc0[r]);
+            acc1[r] = xsimd::fma(simd::load(q + r * dpad + x + W), k1, acc1[r]);
+          }
+        }
+        for (; x < d; x += W) {
+          const vfloat k0 = x + W <= d ? simd::load_f32(kr + x) : load_f32_n(kr + x, d - x);
+          for (int r = 0; r < RP; ++r)
+            acc0[r] = xsimd::fma(simd::load(q + r * dpad + x), k0, acc0[r]);
+        }
+      }
+      for (int r = 0; r < RP; ++r) simd::store(t[r][jj], acc0[r] + acc1[r]);
+    }
+    for (int r = 0; r < RP; ++r) {
+      vfloat rows[W];
+      for (int jj = 0; jj < W; ++jj) rows[jj] = vfloat::load_aligned(t[r][jj]);
+      simd::store(s + r * BC + jg, simd::transpose_sum(rows));
+    }
+  }
+}
+
+// O[RP][d0 .. d0 + NV*W] += P[RP][0..n) . V[b0 .. b0+n)[...]; TAIL: last vector is partial.
+template <int RP, int NV, bool TAIL, class T, class ValPtr>
+inline void decode_pv(const float* p, int n, ValPtr val, index_t b0, index_t d, index_t dpad,
+                      float* o, index_t d0) {
+  vfloat acc[RP][NV];
+  for (int r = 0; r < RP; ++r)
+    for (int v = 0; v < NV; ++v) acc[r][v] = simd::load(o + r * dpad + d0 + v * W);
+  for (int j = 0; j < n; ++j) {
+    const T* vr = val(b0 + j) + d0;
+    vfloat b[NV];
+    for (int v = 0; v < NV; ++v) {
+      if constexpr (TAIL) {
+        b[v] = v + 1 < NV ? simd::load_f32(vr + v * W) : load_f32_n(vr + v * W, d - d0 - v * W);
+      } else {
+        b[v] = simd::load_f32(vr + v * W);
+      }
+    }
+    for (int r = 0; r < RP; ++r) {
+      const vfloat a(p[r * BC + j]);
+      for (int v = 0; v < NV; ++v) acc[r][v] = xsimd::fma(a, b[v], acc[r][v]);
+    }
+  }
+  for (int r = 0; r < RP; ++r)
+    for (int v = 0; v < NV; ++v) simd::store(o + r * dpad + d0 + v * W, acc[r][v]);
+}
+
+template <int RP, int NV, class T, class ValPtr>
+inline void decode_pv_chunk(const float* p, int n, ValPtr val, index_t b0, index_t d, index_t dpad,
+                            float* o, index_t d0) {
+  if (d0 + NV * W > d) {
+    decode_pv<RP, NV, true, T>(p, n, val, b0, d, dpad, o, d0);
+  } else {
+    decode_pv<RP, NV, false, T>(p, n, val, b0, d, dpad, o, d0);
+  }
+}
+
+template <int RP, class T, class ValPtr>
+inline void decode_pv_all(const float* p, int n, ValPtr val, index_t b0, index_t d, index_t dpad,
+                          float* o) {
+  const index_t full = dpad / (PV_NV * W) * (PV_NV * W);
+  for (index_t d0 = 0; d0 < full; d0 += PV_NV * W)
+    decode_pv_chunk<RP, PV_NV, T>(p, n, val, b0, d, dpad, o, d0);
+  switch ((dpad - full) / W) {
+    case 1:
+      decode_pv_chunk<RP, 1, T>(p, n, val, b0, d, dpad, o, full);
+      break;
+    case 2:
+      decode_pv_chunk<RP, 2, T>(p, n, val, b0, d, dpad, o, full);
+      break;
+    case 3:
+      decode_pv_chunk<RP, 3, T>(p, n, val, b0, d, dpad, o, full);
+      break;
+    default:
+      break;
+  }
+}
+
+template <int RP, class T, class KeyPtr, class ValPtr>
+inline void decode_panel(const float* q, index_t d, KeyPtr key, ValPtr val, index_t b0, int nb,
+                         const int* valid, const softmax_state& st, int r0, float* s) {
+  int max_valid = 0;
+  for (int r = 0; r < RP; ++r) max_valid = std::max(max_valid, valid[r]);
+  if (max_valid == 0) return;
+  decode_qk<RP, T>(q + r0 * st.dpad, st.dpad, d, key, b0, nb, s);
+  for (int r = 0; r < RP; ++r) {
+    softmax_row(s + r * BC, valid[r], st.m[r0 + r], st.l[r0 + r], st.o + (r0 + r) * st.dpad,
+                st.dpad);
+  }
+  decode_pv_all<RP, T>(s, max_valid, val, b0, d, st.dpad, st.o + r0 * st.dpad);
+}
+
+// Attends st.rows packed query rows (pre-scaled by scale*log2e) to keys [k0, k1) read through
+// key(t) / val(t). valid_of(r, b0, nb) gives how many leading keys of block [b0, b0+nb) row r
+// may see. Accumulates into st (online softmax), so ranges can be chained.
+template <class T, class KeyPtr, class ValPtr, class ValidOf>
+void decode_range(const float* q, index_t d, KeyPtr key, ValPtr val, index_t k0, index_t k1,
+                  const softmax_state& st, ValidOf valid_of, float* s) {
+  int valid[decode_row_panel];
+  for (index_t b0 = k0; b0 < k1; b0 += BC) {
+    const int nb = static_cast<int>(std::min<index_t>(BC, k1 - b0));
+    for (int r0 = 0; r0 < st.rows; r0 += decode_row_panel) {
+      const int rp = std::min(decode_row_panel, st.rows - r0);
+      for (int r = 0; r < rp; ++r) valid[r] = valid_of(r0 + r, b0, nb);
+      switch (rp) {
+        case 4:
+          decode_panel<4, T>(q, d, key, val, b0, nb, valid, st, r0, s);
+          break;
+        case 3:
+          decode_panel<3, T>(q, d, key, val, b0, nb, valid, st, r0, s);
+          break;
+        case 2:
+          decode_panel<2, T>(q, d, key, val, b0, nb, valid, st, r0, s);
+          break;
+        default:
+          decode_panel<1, T>(q, d, key, val, b0, nb, valid, st, r0, s);
+          break;
+      }
+    }
+  }
+}
+
+struct decode_item {
+  index_t seq, kv_head, k0, k1, slot;  // slot: index of the partial result
+};
+
+struct decode_group {
+  index_t seq, kv_head, first_slot, chunks;
+};
+
+template <class TQ, class TKV, class TO>
+void decode_sequences(const tensor_view<const TQ>& q, const tensor_view<const TKV>& k,
+                      const tensor_view<const TKV>& v, const tensor_view<TO>& out,
+                      const lse_view& lse, const detail::resolved_call& c,
+                      const attention_options& opt) {
+  const index_t d = c.head_dim, dpad = padded_dim(d);
+  std::vector<decode_item> items;
+  std::vector<decode_group> groups;
+  index_t max_rows = 0;
+  for (index_t s = 0; s < static_cast<index_t>(c.seqs.size()); ++s) {
+    const auto& sp = c.seqs[static_cast<std::size_t>(s)];
+    if (sp.q_len == 0) continue;
+    max_rows = std::max(max_rows, sp.q_len * c.group);
+    const index_t k_end = opt.causal ? sp.q_offset + sp.q_len : sp.k_len;
+    const index_t chunks = (k_end + decode_chunk_keys - 1) / decode_chunk_keys;
+    for (index_t h = 0; h < c.kv_heads; ++h) {
+      groups.push_back({s, h, static_cast<index_t>(items.size()), chunks});
+      for (index_t ch = 0; ch < chunks; ++ch) {
+        const index_t k0 = ch * decode_chunk_keys;
+        items.push_back({s, h, k0, std::min(k_end, k0 + decode_chunk_keys),
+                         static_cast<index_t>(items.size())});
+      }
+    }
+  }
+  // Partial results: per item, O [rows][dpad] then m [rows] then l [rows].
+  const index_t stride = max_rows * (dpad + 2);
+  simd::aligned_buffer partial(static_cast<std::size_t>(items.size()) * stride);
+  const float qscale = c.scale * log2e;
+
+  opt.exec.parallel_for(static_cast<index_t>(items.size()), [&](index_t i) {
+    const auto& it = items[static_cast<std::size_t>(i)];
+    const auto& sp = c.seqs[static_cast<std::size_t>(it.seq)];
+    const int rows = static_cast<int>(sp.q_len * c.group);
+    thread_local simd::aligned_buffer qs, sbuf;
+    qs.resize(rows * dpad);
+    sbuf.resize(decode_row_panel * BC);
+    for (index_t g = 0; g < c.group; ++g) {
+      const index_t h = it.kv_head * c.group + g;
+      pack_rows<TQ>([&](int j) { return q.row(sp.q_begin + j, h); }, static_cast<int>(sp.q_len), d,
+                    dpad, qscale, qs.data() + g * sp.q_len * dpad);
+    }
+    float* base = partial.data() + it.slot * stride;
+    softmax_state st{base, base + rows * dpad, base + rows * dpad + rows, rows, dpad};
+    st.reset();
+    auto key = [&](index_t t) { return k.row(sp.k_begin + t, it.kv_head); };
+    auto val = [&](index_t t) { return v.row(sp.k_begin + t, it.kv_head); };
+    const bool causal = opt.causal;
+    decode_range<TKV>(
+        qs.data(), d, key, val, it.k0, it.k1, st,
+        [&](int r, index_t b0, int nb) {
+          if (!causal) return nb;
+          const index_t pos = sp.q_offset + r % sp.q_len;
+          return static_cast<int>(std::clamp<index_t>(pos - b0 + 1, 0, nb));
+        },
+        sbuf.data());
+  });
+
+  // Merge the chunks of each (sequence, KV head) in chunk order.
+  opt.exec.parallel_for(static_cast<index_t>(groups.size()), [&](index_t gi) {
+    const auto& gr = groups[static_cast<std::size_t>(gi)];
+    const auto& sp = c.seqs[static_cast<std::size_t>(gr.seq)];
+    const int rows = static_cast<int>(sp.q_len * c.group);
+    thread_local std::vector<float> acc;
+    acc.assign(static_cast<std::size_t>(dpad), 0.0f);
+    for (int r = 0; r < rows; ++r) {
+      float m = neg_inf;
+      for (index_t ch = 0; ch < gr.chunks; ++ch) {
+        const float* b = partial.data() + (gr.first_slot + ch) * stride;
+        m = std::max(m, b[rows * dpad + r]);
+      }
+      std::fill(acc.begin(), acc.end(), 0.0f);
+      float l = 0.0f;
+      if (m != neg_inf) {
+        for (index_t ch = 0; ch < gr.chunks; ++ch) {
+          const float* b = partial.data() + (gr.first_slot + ch) * stride;
+          const float mc = b[rows * dpad + r], lc = b[rows * dpad + rows + r];
+          if (lc == 0.0f) continue;
+          const float w = std::exp2(mc - m);
+          l += lc * w;
+          const float* o = b + r * dpad;
+          for (index_t x = 0; x < d; ++x) acc[static_cast<std::size_t>(x)] += w * o[x];
+        }
+      }
+      const index_t g = r / sp.q_len, i = r % sp.q_len;
+      const index_t h = gr.kv_head * c.group + g, t = sp.q_begin + i;
+      finalize_row(acc.data(), m, l, d, out.row(t, h), lse.empty() ? nullptr : &lse.at(t, h));
+    }
+  });
+}
+
+}  // namespace kernels
+
+// Dense decoding: the same contract as prefill() (causal, bottom-right aligned, optional LSE),
+// tuned for few queries per sequence against a long cache (split along keys).
+template <class Q, class K, class V, class O>
+void decode(tensor_view<Q> q, tensor_view<K> k, tensor_view<V> v, tensor_view<O> out,
+            lse_view lse = {}, const attention_options& opt = {}) {
+  detail::static_check_views<Q, K, V, O>();
+  auto c = detail::check_attention_args(as_const(q), as_const(k), as_const(v), out, lse, opt);
+  c.seqs = {detail::single_sequence(q.tokens(), k.tokens(), opt)};
+  kernels::decode_sequences(as_const(q), as_const(k), as_const(v), out, lse, c, opt);
+}
+
+template <class Q, class K, class V, class O>
+void decode(tensor_view<Q> q, tensor_view<K> k, tensor_view<V> v, tensor_view<O> out,
+            const varlen_batch& batch, lse_view lse = {}, const attention_options& opt = {}) {
+  detail::static_check_views<Q, K, V, O>();
+  auto c = detail::check_attention_args(as_const(q), as_const(k), as_const(v), out, lse, opt);
+  require(opt.q_offset == -1, "q_offset", "-1 for varlen batches (offsets come from lengths)",
+          opt.q_offset);
+  c.seqs = detail::resolve_varlen(batch, q.tokens(), k.tokens(), opt.causal);
+  kernels::decode_sequences(as_const(q), as_const(k), as_const(v), out, lse, c, opt);
+}
+
+}  // namespace spattn

@@ -1,0 +1,233 @@
+#pragma once
+// The prefill tile kernel's building blocks. A work item holds `rows` query rows (the rows of a
+// query block for every head of one GQA group, stacked) packed in fp32 and pre-scaled by
+// scale*log2(e). Key tiles of BC keys are packed once per work item, K transposed ([d][BC]) and
+// V row-major ([BC][dpad]), so the whole group reuses them. Each tile is processed in register
+// panels of MR rows: S = Q.K^T, online softmax (exp2), O += P.V. Masking is a per-row count of
+// valid leading columns (keys are always sorted by position), applied only to tiles that need it.
+#include <algorithm>
+#include <cmath>
+#include <limits>
+
+#include "spattn/core/simd.hpp"
+#include "spattn/core/tensor_view.hpp"
+
+namespace spattn::kernels {
+
+using simd::vfloat;
+using simd::W;
+
+inline constexpr int BC = 64;               // keys per tile
+inline constexpr int MR = W == 16 ? 6 : 3;  // query rows per register panel
+inline constexpr int QK_NV = 4;             // vectors per column chunk in S = Q.K^T
+inline constexpr int PV_NV = 4;             // vectors per head_dim chunk in O += P.V
+inline constexpr float neg_inf = -std::numeric_limits<float>::infinity();
+inline constexpr float log2e = 1.4426950408889634f;
+inline constexpr float ln2 = 0.6931471805599453f;
+static_assert(BC % (QK_NV * W) == 0, "BC must be a multiple of the column chunk");
+
+inline index_t padded_dim(index_t d) {
+  return (d + W - 1) / W * W;
+}
+
+// Per-work-item state of the online softmax: running max m (log2 units), sum l, and the
+// unnormalised output O [rows][dpad].
+struct softmax_state {
+  float* o = nullptr;
+  float* m = nullptr;
+  float* l = nullptr;
+  int rows = 0;
+  index_t dpad = 0;
+
+  void reset() const {
+    std::fill(o, o + rows * dpad, 0.0f);
+    std::fill(m, m + rows, neg_inf);
+    std::fill(l, l + rows, 0.0f);
+  }
+};
+
+// Packs `n` rows of one head (pointers from row_ptr(j)) as fp32, scaled, into dst [n][dpad].
+template <class T, class RowPtr>
+inline void pack_rows(RowPtr row_ptr, int n, index_t d, index_t dpad, float scale, float* dst) {
+  for (int j = 0; j < n; ++j) {
+    float* o = dst + j * dpad;
+    simd::convert_to_f32(row_ptr(j), o, d);
+    if (scale != 1.0f) {
+      for (index_t x = 0; x < d; ++x) o[x] *= scale;
+    }
+    std::fill(o + d, o + dpad, 0.0f);
+  }
+}
+
+// Packs a key tile transposed: kt[x * BC + j] = K[j][x]; columns j >= n are zero.
+template <class T, class RowPtr>
+inline void pack_k_transposed(RowPtr row_ptr, int n, index_t d, float* kt) {
+  alignas(64) float buf[BC];
+  for (int j = 0; j < n; ++j) {
+    const T* src = row_ptr(j);
+    for (index_t x0 = 0; x0 < d; x0 += BC) {
+      const index_t len = std::min<index_t>(BC, d - x0);
+      simd::convert_to_f32(src + x0, buf, len);
+      for (index_t x = 0; x < len; ++x) kt[(x0 + x) * BC + j] = buf[x];
+    }
+  }
+  if (n < BC) {
+    for (index_t x = 0; x < d; ++x) std::fill(kt + x * BC + n, kt + x * BC + BC, 0.0f);
+  }
+}
+
+// S[R][BC] (columns col0 .. col0 + NV*W) = Q[R][d] . Kt[d][BC].
+template <int R, int NV>
+inline void qk_panel(const float* q, index_t ldq, const float* kt, index_t d, float* s, int col0) {
+  vfloat acc[R][NV];
+  for (int r = 0; r < R; ++r)
+    for (int v = 0; v < NV; ++v) acc[r][v] = vfloat(0.0f);
+  const float* kp = kt + col0;
+  for (index_t x = 0; x < d; ++x, kp += BC) {
+    vfloat b[NV];
+    for (int v = 0; v < NV; ++v) b[v] = simd::load(kp + v * W);
+    for (int r = 0; r < R; ++r) {
+      const vfloat a(q[r * ldq + x]);
+      for (int v = 0; v < NV; ++v) acc[r][v] = xsimd::fma(a, b[v], acc[r][v]);
+    }
+  }
+  for (int r = 0; r < R; ++r)
+    for (int v = 0; v < NV; ++v) simd::store(s + r * BC + col0 + v * W, acc[r][v]);
+}
+
+// O[R][d0 .. d0 + NV*W] += P[R][0..ncols) . V[0..ncols)[...].
+template <int R, int NV>
+inline void pv_panel(const float* p, int ncols, const float* vp, index_t dpad, float* o,
+                     index_t d0) {
+  vfloat acc[R][NV];
+  for (int r = 0; r < R; ++r)
+    for (int v = 0; v < NV; ++v) acc[r][v] = simd::load(o + r * dpad + d0 + v * W);
+  const float* vrow = vp + d0;
+  for (int j = 0; j < ncols; ++j, vrow += dpad) {
+    vfloat b[NV];
+    for (int v = 0; v < NV; ++v) b[v] = simd::load(vrow + v * W);
+    for (int r = 0; r < R; ++r) {
+      const vfloat a(p[r * BC + j]);
+      for (int v = 0; v < NV; ++v) acc[r][v] = xsimd::fma(a, b[v], acc[r][v]);
+    }
+  }
+  for (int r = 0; r < R; ++r)
+    for (int v = 0; v < NV; ++v) simd::store(o + r * dpad + d0 + v * W, acc[r][v]);
+}
+
+// Online softmax on one row of S (in place: S becomes P). `valid` leading columns count, the rest
+// are masked. Updates m, l and rescales the output row. Returns false when the row is still
+// fully masked (P is zero then).
+inline bool softmax_row(float* s, int valid, float& m, float& l, float* o_row, index_t dpad) {
+  for (int c = valid; c < BC; ++c) s[c] = neg_inf;
+  vfloat mx = simd::load(s);
+  for (int c = W; c < BC; c += W) mx = xsimd::max(mx, simd::load(s + c));
+  const float m_new = std::max(m, simd::hmax(mx));
+  if (m_new == neg_inf) {
+    std::fill(s, s + BC, 0.0f);
+    return false;
+  }
+  const vfloat mv(m_new);
+  vfloat sum(0.0f);
+  for (int c = 0; c < BC; c += W) {
+    const vfloat pv = simd::exp2_neg(simd::load(s + c) - mv);
+    simd::store(s + c, pv);
+    sum += pv;
+  }
+  const float alpha = m == neg_inf ? 0.0f : std::exp2(m - m_new);
+  l = l * alpha + simd::hsum(sum);
+  if (alpha != 1.0f) {
+    const vfloat av(alpha);
+    for (index_t x = 0; x < dpad; x += W) simd::store(o_row + x, simd::load(o_row + x) * av);
+  }
+  m = m_new;
+  return true;
+}
+
+template <int R>
+inline void qk_panel_all(const float* q, index_t ldq, const float* kt, index_t d, float* s) {
+  for (int c = 0; c < BC; c += QK_NV * W) qk_panel<R, QK_NV>(q, ldq, kt, d, s, c);
+}
+
+template <int R>
+inline void pv_panel_all(const float* p, int ncols, const float* vp, index_t dpad, float* o) {
+  const index_t full = dpad / (PV_NV * W) * (PV_NV * W);
+  for (index_t d0 = 0; d0 < full; d0 += PV_NV * W) pv_panel<R, PV_NV>(p, ncols, vp, dpad, o, d0);
+  switch ((dpad - full) / W) {
+    case 1:
+      pv_panel<R, 1>(p, ncols, vp, dpad, o, full);
+      break;
+    case 2:
+      pv_panel<R, 2>(p, ncols, vp, dpad, o, full);
+      break;
+    case 3:
+      pv_panel<R, 3>(p, ncols, vp, dpad, o, full);
+      break;
+    default:
+      break;
+  }
+}
+
+// One packed key tile against a panel of R rows starting at row r0.
+// valid[r] = number of leading tile columns row r0 + r may see (0..ncols).
+template <int R>
+inline void attend_panel(const float* qs, index_t dpad, index_t d, const float* kt, const float* vp,
+                         const int* valid, const softmax_state& st, int r0, float* s) {
+  int max_valid = 0;
+  for (int r = 0; r < R; ++r) max_valid = std::max(max_valid, valid[r]);
+  if (max_valid == 0) return;
+  qk_panel_all<R>(qs + r0 * dpad, dpad, kt, d, s);
+  for (int r = 0; r < R; ++r) {
+    softmax_row(s + r * BC, valid[r], st.m[r0 + r], st.l[r0 + r], st.o + (r0 + r) * dpad, dpad);
+  }
+  pv_panel_all<R>(s, max_valid, vp, dpad, st.o + r0 * dpad);
+}
+
+// Runs a packed tile over all rows of the state. valid_of(r) gives row r's valid column count.
+template <class ValidOf>
+inline void attend_tile(const float* qs, index_t d, const float* kt, const float* vp,
+                        const softmax_state& st, ValidOf valid_of, float* s_scratch) {
+  int valid[MR];
+  int r0 = 0;
+  for (; r0 + MR <= st.rows; r0 += MR) {
+    for (int r = 0; r < MR; ++r) valid[r] = valid_of(r0 + r);
+    attend_panel<MR>(qs, st.dpad, d, kt, vp, valid, st, r0, s_scratch);
+  }
+  const int rest = st.rows - r0;
+  for (int r = 0; r < rest; ++r) valid[r] = valid_of(r0 + r);
+  switch (rest) {
+    case 1:
+      attend_panel<1>(qs, st.dpad, d, kt, vp, valid, st, r0, s_scratch);
+      break;
+    case 2:
+      attend_panel<2>(qs, st.dpad, d, kt, vp, valid, st, r0, s_scratch);
+      break;
+    case 3:
+      attend_panel<3>(qs, st.dpad, d, kt, vp, valid, st, r0, s_scratch);
+      break;
+    case 4:
+      attend_panel<4>(qs, st.dpad, d, kt, vp, valid, st, r0, s_scratch);
+      break;
+    case 5:
+      attend_panel<5>(qs, st.dpad, d, kt, vp, valid, st, r0, s_scratch);
+      break;
+    default:
+      break;
+  }
+}
+
+// Writes O / l (fp32 -> T) and the LSE (natural log) of one row; a fully masked row gives zeros
+// and LSE = -inf.
+template <class T>
+inline void finalize_row(const float* o, float m, float l, index_t d, T* out, float* lse) {
+  if (l > 0.0f) {
+    const float inv = 1.0f / l;
+    for (index_t x = 0; x < d; ++x) out[x] = from_float<T>(o[x] * inv);
+    if (lse) *lse = (m + std::log2(l)) * ln2;
+  } else {
+    for (index_t x = 0; x < d; ++x) out[x] = from_float<T>(0.0f);
+    if (lse) *lse = neg_inf;
+  }
+}
+
+}  // namespace spattn::kernels

@@ -1,0 +1,4 @@
+#pragma once
+#define SPATTN_VERSION_MAJOR 0
+#define SPATTN_VERSION_MINOR 1
+#define SPATTN_VERSION_PATCH 0
