@@ -5,6 +5,7 @@
 #include "spattn/core/executor.hpp"
 #include "spattn/core/tensor_view.hpp"
 #include "spattn/core/varlen.hpp"
+#include "spattn/core/any_view.hpp"
 #include "spattn/budget/budget.hpp"
 #include "spattn/kernels/decode.hpp"
 #include "spattn/kernels/merge.hpp"
