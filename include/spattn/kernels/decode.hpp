@@ -23,33 +23,64 @@ inline vfloat load_f32_n(const T* p, index_t n) {
   return vfloat::load_aligned(tmp);
 }
 
-// Scores of RP rows against nb keys: s[r][j] = q_r . k_j (q pre-scaled).
-template <int RP, class T, class KeyPtr>
-inline void decode_qk(const float* q, index_t dpad, index_t d, KeyPtr key, index_t b0, int nb,
-                      float* s) {
+inline constexpr int decode_prefetch_keys = 32;  // K rows fetched this many keys ahead
+
+// Prefetches a row of `bytes` bytes into L1 (the cache streams K/V rows at a large stride, one
+// KV head among many, which hardware prefetchers follow poorly).
+inline void prefetch_row(const void* p, index_t bytes) {
+  const char* c = static_cast<const char*>(p);
+  for (index_t o = 0; o < bytes; o += 64) _mm_prefetch(c + o, _MM_HINT_T0);
+}
+
+// Scores of RP rows against nb keys: s[r][j] = q_r . k_j (q pre-scaled). Keys up to `avail`
+// after b0 exist (for prefetching K ahead); when `val` rows are given they are prefetched too,
+// for the P.V pass that follows.
+// Keys scored together: each q load then feeds JK FMAs (fewer loads per FMA).
+inline constexpr int decode_qk_keys = W == 16 ? 4 : 2;
+
+template <int RP, class T, class KeyPtr, class ValPtr>
+inline void decode_qk(const float* q, index_t dpad, index_t d, KeyPtr key, ValPtr val, index_t b0,
+                      int nb, index_t avail, bool prefetch_v, float* s) {
+  constexpr int JK = decode_qk_keys;
+  static_assert(W % JK == 0);
+  const index_t row_bytes = d * static_cast<index_t>(sizeof(T));
   const index_t dfull = d / W * W;
   alignas(64) float t[RP][W][W];
   for (int jg = 0; jg < nb; jg += W) {
-    for (int jj = 0; jj < W; ++jj) {
-      vfloat acc0[RP], acc1[RP];
-      for (int r = 0; r < RP; ++r) acc0[r] = acc1[r] = vfloat(0.0f);
-      if (jg + jj < nb) {
-        const T* kr = key(b0 + jg + jj);
-        index_t x = 0;
-        for (; x + 2 * W <= dfull; x += 2 * W) {
-          const vfloat k0 = simd::load_f32(kr + x), k1 = simd::load_f32(kr + x + W);
-          for (int r = 0; r < RP; ++r) {
-            acc0[r] = xsimd::fma(simd::load(q + r * dpad + x), k0, acc0[r]);
-            acc1[r] = xsimd::fma(simd::load(q + r * dpad + x + W), k1, acc1[r]);
+    for (int jj = 0; jj < W; jj += JK) {
+      const T* kr[JK];
+      for (int u = 0; u < JK; ++u) {
+        // Keys past the block reuse its last key: their scores are masked later.
+        const index_t kt_idx = b0 + std::min(jg + jj + u, nb - 1);
+        kr[u] = key(kt_idx);
+        if (jg + jj + u < nb) {
+          if (kt_idx - b0 + decode_prefetch_keys < avail) {
+            prefetch_row(key(kt_idx + decode_prefetch_keys), row_bytes);
           }
-        }
-        for (; x < d; x += W) {
-          const vfloat k0 = x + W <= d ? simd::load_f32(kr + x) : load_f32_n(kr + x, d - x);
-          for (int r = 0; r < RP; ++r)
-            acc0[r] = xsimd::fma(simd::load(q + r * dpad + x), k0, acc0[r]);
+          if (prefetch_v) prefetch_row(val(kt_idx), row_bytes);
         }
       }
-      for (int r = 0; r < RP; ++r) simd::store(t[r][jj], acc0[r] + acc1[r]);
+      vfloat acc[RP][JK];
+      for (int r = 0; r < RP; ++r)
+        for (int u = 0; u < JK; ++u) acc[r][u] = vfloat(0.0f);
+      for (index_t x = 0; x < dfull; x += W) {
+        vfloat kv[JK];
+        for (int u = 0; u < JK; ++u) kv[u] = simd::load_f32(kr[u] + x);
+        for (int r = 0; r < RP; ++r) {
+          const vfloat qv = simd::load(q + r * dpad + x);
+          for (int u = 0; u < JK; ++u) acc[r][u] = xsimd::fma(qv, kv[u], acc[r][u]);
+        }
+      }
+      if (dfull < d) {  // head_dim tail (not a multiple of W)
+        vfloat kv[JK];
+        for (int u = 0; u < JK; ++u) kv[u] = load_f32_n(kr[u] + dfull, d - dfull);
+        for (int r = 0; r < RP; ++r) {
+          const vfloat qv = simd::load(q + r * dpad + dfull);
+          for (int u = 0; u < JK; ++u) acc[r][u] = xsimd::fma(qv, kv[u], acc[r][u]);
+        }
+      }
+      for (int r = 0; r < RP; ++r)
+        for (int u = 0; u < JK; ++u) simd::store(t[r][jj + u], acc[r][u]);
     }
     for (int r = 0; r < RP; ++r) {
       vfloat rows[W];
@@ -118,11 +149,12 @@ inline void decode_pv_all(const float* p, int n, ValPtr val, index_t b0, index_t
 
 template <int RP, class T, class KeyPtr, class ValPtr>
 inline void decode_panel(const float* q, index_t d, KeyPtr key, ValPtr val, index_t b0, int nb,
-                         const int* valid, const softmax_state& st, int r0, float* s) {
+                         index_t avail, const int* valid, const softmax_state& st, int r0,
+                         float* s) {
   int max_valid = 0;
   for (int r = 0; r < RP; ++r) max_valid = std::max(max_valid, valid[r]);
   if (max_valid == 0) return;
-  decode_qk<RP, T>(q + r0 * st.dpad, st.dpad, d, key, b0, nb, s);
+  decode_qk<RP, T>(q + r0 * st.dpad, st.dpad, d, key, val, b0, nb, avail, r0 == 0, s);
   for (int r = 0; r < RP; ++r) {
     softmax_row(s + r * BC, valid[r], st.m[r0 + r], st.l[r0 + r], st.o + (r0 + r) * st.dpad,
                 st.dpad);
@@ -133,9 +165,10 @@ inline void decode_panel(const float* q, index_t d, KeyPtr key, ValPtr val, inde
 // Attends st.rows packed query rows (pre-scaled by scale*log2e) to keys [k0, k1) read through
 // key(t) / val(t). valid_of(r, b0, nb) gives how many leading keys of block [b0, b0+nb) row r
 // may see. Accumulates into st (online softmax), so ranges can be chained.
+// prefetch_end (>= k1): keys before it exist and may be prefetched ahead of use.
 template <class T, class KeyPtr, class ValPtr, class ValidOf>
 void decode_range(const float* q, index_t d, KeyPtr key, ValPtr val, index_t k0, index_t k1,
-                  const softmax_state& st, ValidOf valid_of, float* s) {
+                  const softmax_state& st, ValidOf valid_of, float* s, index_t prefetch_end) {
   int valid[decode_row_panel];
   for (index_t b0 = k0; b0 < k1; b0 += BC) {
     const int nb = static_cast<int>(std::min<index_t>(BC, k1 - b0));
@@ -144,28 +177,36 @@ void decode_range(const float* q, index_t d, KeyPtr key, ValPtr val, index_t k0,
       for (int r = 0; r < rp; ++r) valid[r] = valid_of(r0 + r, b0, nb);
       switch (rp) {
         case 4:
-          decode_panel<4, T>(q, d, key, val, b0, nb, valid, st, r0, s);
+          decode_panel<4, T>(q, d, key, val, b0, nb, prefetch_end - b0, valid, st, r0, s);
           break;
         case 3:
-          decode_panel<3, T>(q, d, key, val, b0, nb, valid, st, r0, s);
+          decode_panel<3, T>(q, d, key, val, b0, nb, prefetch_end - b0, valid, st, r0, s);
           break;
         case 2:
-          decode_panel<2, T>(q, d, key, val, b0, nb, valid, st, r0, s);
+          decode_panel<2, T>(q, d, key, val, b0, nb, prefetch_end - b0, valid, st, r0, s);
           break;
         default:
-          decode_panel<1, T>(q, d, key, val, b0, nb, valid, st, r0, s);
+          decode_panel<1, T>(q, d, key, val, b0, nb, prefetch_end - b0, valid, st, r0, s);
           break;
       }
     }
   }
 }
 
+template <class T, class KeyPtr, class ValPtr, class ValidOf>
+void decode_range(const float* q, index_t d, KeyPtr key, ValPtr val, index_t k0, index_t k1,
+                  const softmax_state& st, ValidOf valid_of, float* s) {
+  decode_range<T>(q, d, key, val, k0, k1, st, valid_of, s, k1);
+}
+
+// A split-K task: keys [k0, k1) of one sequence, for every KV head. Walking all heads of a
+// token block together reads the cache ([tokens, heads, d]) as one sequential stream.
 struct decode_item {
-  index_t seq, kv_head, k0, k1, slot;  // slot: index of the partial result
+  index_t seq, k0, k1, slot;  // slot: index of the first partial result (one per KV head)
 };
 
 struct decode_group {
-  index_t seq, kv_head, first_slot, chunks;
+  index_t seq, first_item, chunks;
 };
 
 template <class TQ, class TKV, class TO>
@@ -176,73 +217,79 @@ void decode_sequences(const tensor_view<const TQ>& q, const tensor_view<const TK
   const index_t d = c.head_dim, dpad = padded_dim(d);
   std::vector<decode_item> items;
   std::vector<decode_group> groups;
-  index_t max_rows = 0;
+  index_t max_rows = 0;  // query rows per KV head: group * q_len
   for (index_t s = 0; s < static_cast<index_t>(c.seqs.size()); ++s) {
     const auto& sp = c.seqs[static_cast<std::size_t>(s)];
     if (sp.q_len == 0) continue;
     max_rows = std::max(max_rows, sp.q_len * c.group);
     const index_t k_end = opt.causal ? sp.q_offset + sp.q_len : sp.k_len;
     const index_t chunks = (k_end + decode_chunk_keys - 1) / decode_chunk_keys;
-    for (index_t h = 0; h < c.kv_heads; ++h) {
-      groups.push_back({s, h, static_cast<index_t>(items.size()), chunks});
-      for (index_t ch = 0; ch < chunks; ++ch) {
-        const index_t k0 = ch * decode_chunk_keys;
-        items.push_back({s, h, k0, std::min(k_end, k0 + decode_chunk_keys),
-                         static_cast<index_t>(items.size())});
-      }
+    groups.push_back({s, static_cast<index_t>(items.size()), chunks});
+    for (index_t ch = 0; ch < chunks; ++ch) {
+      const index_t k0 = ch * decode_chunk_keys;
+      items.push_back({s, k0, std::min(k_end, k0 + decode_chunk_keys),
+                       static_cast<index_t>(items.size()) * c.kv_heads});
     }
   }
-  // Partial results: per item, O [rows][dpad] then m [rows] then l [rows].
+  // Partial results: per (item, KV head), O [rows][dpad] then m [rows] then l [rows].
   const index_t stride = max_rows * (dpad + 2);
-  simd::aligned_buffer partial(static_cast<std::size_t>(items.size()) * stride);
+  simd::aligned_buffer partial(static_cast<std::size_t>(items.size() * c.kv_heads * stride));
   const float qscale = c.scale * log2e;
+  const bool causal = opt.causal;
 
   opt.exec.parallel_for(static_cast<index_t>(items.size()), [&](index_t i) {
     const auto& it = items[static_cast<std::size_t>(i)];
     const auto& sp = c.seqs[static_cast<std::size_t>(it.seq)];
     const int rows = static_cast<int>(sp.q_len * c.group);
     thread_local simd::aligned_buffer qs, sbuf;
-    qs.resize(rows * dpad);
+    qs.resize(static_cast<std::size_t>(c.kv_heads * rows * dpad));
     sbuf.resize(decode_row_panel * BC);
-    for (index_t g = 0; g < c.group; ++g) {
-      const index_t h = it.kv_head * c.group + g;
+    for (index_t h = 0; h < c.heads; ++h) {
       pack_rows<TQ>([&](int j) { return q.row(sp.q_begin + j, h); }, static_cast<int>(sp.q_len), d,
-                    dpad, qscale, qs.data() + g * sp.q_len * dpad);
+                    dpad, qscale, qs.data() + h * sp.q_len * dpad);
     }
-    float* base = partial.data() + it.slot * stride;
-    softmax_state st{base, base + rows * dpad, base + rows * dpad + rows, rows, dpad};
-    st.reset();
-    auto key = [&](index_t t) { return k.row(sp.k_begin + t, it.kv_head); };
-    auto val = [&](index_t t) { return v.row(sp.k_begin + t, it.kv_head); };
-    const bool causal = opt.causal;
-    decode_range<TKV>(
-        qs.data(), d, key, val, it.k0, it.k1, st,
-        [&](int r, index_t b0, int nb) {
-          if (!causal) return nb;
-          const index_t pos = sp.q_offset + r % sp.q_len;
-          return static_cast<int>(std::clamp<index_t>(pos - b0 + 1, 0, nb));
-        },
-        sbuf.data());
+    auto state = [&](index_t kvh) {
+      float* base = partial.data() + (it.slot + kvh) * stride;
+      return softmax_state{base, base + rows * dpad, base + rows * dpad + rows, rows, dpad};
+    };
+    for (index_t kvh = 0; kvh < c.kv_heads; ++kvh) state(kvh).reset();
+    auto valid_of = [&](int r, index_t b0, int nb) {
+      if (!causal) return nb;
+      const index_t pos = sp.q_offset + r % sp.q_len;
+      return static_cast<int>(std::clamp<index_t>(pos - b0 + 1, 0, nb));
+    };
+    for (index_t b0 = it.k0; b0 < it.k1; b0 += BC) {
+      const index_t b1 = std::min(it.k1, b0 + BC);
+      for (index_t kvh = 0; kvh < c.kv_heads; ++kvh) {
+        auto key = [&](index_t t) { return k.row(sp.k_begin + t, kvh); };
+        auto val = [&](index_t t) { return v.row(sp.k_begin + t, kvh); };
+        decode_range<TKV>(qs.data() + kvh * rows * dpad, d, key, val, b0, b1, state(kvh), valid_of,
+                          sbuf.data(), it.k1);
+      }
+    }
   });
 
   // Merge the chunks of each (sequence, KV head) in chunk order.
-  opt.exec.parallel_for(static_cast<index_t>(groups.size()), [&](index_t gi) {
-    const auto& gr = groups[static_cast<std::size_t>(gi)];
+  const index_t n_merge = static_cast<index_t>(groups.size()) * c.kv_heads;
+  opt.exec.parallel_for(n_merge, [&](index_t gi) {
+    const auto& gr = groups[static_cast<std::size_t>(gi / c.kv_heads)];
+    const index_t kvh = gi % c.kv_heads;
     const auto& sp = c.seqs[static_cast<std::size_t>(gr.seq)];
     const int rows = static_cast<int>(sp.q_len * c.group);
+    auto part = [&](index_t ch) {
+      return partial.data() +
+             (items[static_cast<std::size_t>(gr.first_item + ch)].slot + kvh) * stride;
+    };
     thread_local std::vector<float> acc;
     acc.assign(static_cast<std::size_t>(dpad), 0.0f);
     for (int r = 0; r < rows; ++r) {
       float m = neg_inf;
-      for (index_t ch = 0; ch < gr.chunks; ++ch) {
-        const float* b = partial.data() + (gr.first_slot + ch) * stride;
-        m = std::max(m, b[rows * dpad + r]);
-      }
+      for (index_t ch = 0; ch < gr.chunks; ++ch) m = std::max(m, part(ch)[rows * dpad + r]);
       std::fill(acc.begin(), acc.end(), 0.0f);
       float l = 0.0f;
       if (m != neg_inf) {
         for (index_t ch = 0; ch < gr.chunks; ++ch) {
-          const float* b = partial.data() + (gr.first_slot + ch) * stride;
+          const float* b = part(ch);
           const float mc = b[rows * dpad + r], lc = b[rows * dpad + rows + r];
           if (lc == 0.0f) continue;
           const float w = std::exp2(mc - m);
@@ -252,7 +299,7 @@ void decode_sequences(const tensor_view<const TQ>& q, const tensor_view<const TK
         }
       }
       const index_t g = r / sp.q_len, i = r % sp.q_len;
-      const index_t h = gr.kv_head * c.group + g, t = sp.q_begin + i;
+      const index_t h = kvh * c.group + g, t = sp.q_begin + i;
       finalize_row(acc.data(), m, l, d, out.row(t, h), lse.empty() ? nullptr : &lse.at(t, h));
     }
   });
