@@ -1,0 +1,75 @@
+#pragma once
+// Shared pieces of importance estimation for the prefill policies: score tiles through the
+// prefill tile micro-kernels (kernels/tile.hpp), deterministic top-k, and running per-head work
+// on the inputs' executor with exceptions carried out of the worker threads.
+#include <algorithm>
+#include <exception>
+#include <numeric>
+#include <vector>
+
+#include "spattn/kernels/tile.hpp"
+#include "spattn/policies/prefill_policy.hpp"
+
+namespace spattn::policies::detail {
+
+using kernels::BC;
+using kernels::MR;
+
+// S[r][0..BC) = qs[r] . Kt for `rows` packed rows (row stride dpad); S has row stride BC.
+inline void score_rows(const float* qs, index_t dpad, const float* kt, index_t d, float* s,
+                       int rows) {
+  int r0 = 0;
+  for (; r0 + MR <= rows; r0 += MR) kernels::qk_panel_all<MR>(qs + r0 * dpad, dpad, kt, d, s + r0 * BC);
+  switch (rows - r0) {
+    case 1: kernels::qk_panel_all<1>(qs + r0 * dpad, dpad, kt, d, s + r0 * BC); break;
+    case 2: kernels::qk_panel_all<2>(qs + r0 * dpad, dpad, kt, d, s + r0 * BC); break;
+    case 3: kernels::qk_panel_all<3>(qs + r0 * dpad, dpad, kt, d, s + r0 * BC); break;
+    case 4: kernels::qk_panel_all<4>(qs + r0 * dpad, dpad, kt, d, s + r0 * BC); break;
+    case 5: kernels::qk_panel_all<5>(qs + r0 * dpad, dpad, kt, d, s + r0 * BC); break;
+    default: break;
+  }
+}
+
+// Orders candidate indices by score, highest first; equal scores by lower index (our documented
+// tie-break: torch.topk leaves tie order unspecified).
+struct by_score {
+  const float* x;
+  bool operator()(index_t a, index_t b) const { return x[a] > x[b] || (x[a] == x[b] && a < b); }
+};
+
+// The k best indices of x[0..n) (any order).
+inline std::vector<index_t> top_k(const float* x, index_t n, index_t k) {
+  std::vector<index_t> idx(static_cast<std::size_t>(n));
+  std::iota(idx.begin(), idx.end(), index_t{0});
+  k = std::clamp<index_t>(k, 0, n);
+  if (k < n) {
+    std::nth_element(idx.begin(), idx.begin() + k, idx.end(), by_score{x});
+    idx.resize(static_cast<std::size_t>(k));
+  }
+  return idx;
+}
+
+// All indices of x[0..n), best first.
+inline std::vector<index_t> rank_all(const float* x, index_t n) {
+  std::vector<index_t> idx(static_cast<std::size_t>(n));
+  std::iota(idx.begin(), idx.end(), index_t{0});
+  std::sort(idx.begin(), idx.end(), by_score{x});
+  return idx;
+}
+
+// Runs body(i) for i in [0, n) on exec; the first exception thrown by any task is rethrown here.
+template <class Body>
+void for_each_task(const executor& exec, index_t n, Body&& body) {
+  std::vector<std::exception_ptr> errors(static_cast<std::size_t>(n));
+  exec.parallel_for(n, [&](index_t i) {
+    try {
+      body(i);
+    } catch (...) {
+      errors[static_cast<std::size_t>(i)] = std::current_exception();
+    }
+  });
+  for (const auto& e : errors)
+    if (e) std::rethrow_exception(e);
+}
+
+}  // namespace spattn::policies::detail
