@@ -264,7 +264,7 @@ void decode_sequences(const tensor_view<const TQ>& q, const tensor_view<const TK
         auto key = [&](index_t t) { return k.row(sp.k_begin + t, kvh); };
         auto val = [&](index_t t) { return v.row(sp.k_begin + t, kvh); };
         decode_range<TKV>(qs.data() + kvh * rows * dpad, d, key, val, b0, b1, state(kvh), valid_of,
-                          sbuf.data(), it.k1);
+                          sbuf.data(), std::min(it.k1, b1 + decode_prefetch_keys));
       }
     }
   });
