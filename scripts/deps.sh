@@ -1,6 +1,6 @@
 # Sourced by the scripts: installs spattn's Debian dependencies when any is missing.
 SPATTN_DEBS=(cmake ninja-build g++ libeigen3-dev libxsimd-dev xtl-dev catch2 libbenchmark-dev
-             )
+             libcli11-dev libfmt-dev nlohmann-json3-dev python3-numpy python3-torch python3-matplotlib)
 
 spattn_install_deps() {
   local missing=()
