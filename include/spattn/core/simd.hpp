@@ -79,6 +79,18 @@ inline void convert_from_f32(const float* src, T* dst, std::ptrdiff_t n) {
   for (std::ptrdiff_t i = 0; i < n; ++i) dst[i] = from_float<T>(src[i]);
 }
 
+// Keeps v in a register: stops the compiler from folding a reused load into each FMA as a
+// memory operand (which makes a loop load-port bound).
+inline vfloat pin(vfloat v) {
+  typename vfloat::register_type r = v;
+#if defined(__AVX512F__)
+  asm("" : "+v"(r));
+#elif defined(__AVX__) || defined(__SSE2__)
+  asm("" : "+x"(r));
+#endif
+  return vfloat(r);
+}
+
 inline float hmax(vfloat v) {
   alignas(64) float t[W];
   v.store_aligned(t);

@@ -67,7 +67,7 @@ inline void decode_qk(const float* q, index_t dpad, index_t d, KeyPtr key, ValPt
         vfloat kv[JK];
         for (int u = 0; u < JK; ++u) kv[u] = simd::load_f32(kr[u] + x);
         for (int r = 0; r < RP; ++r) {
-          const vfloat qv = simd::load(q + r * dpad + x);
+          const vfloat qv = simd::pin(simd::load(q + r * dpad + x));  // one load, JK FMAs
           for (int u = 0; u < JK; ++u) acc[r][u] = xsimd::fma(qv, kv[u], acc[r][u]);
         }
       }
@@ -264,7 +264,7 @@ void decode_sequences(const tensor_view<const TQ>& q, const tensor_view<const TK
         auto key = [&](index_t t) { return k.row(sp.k_begin + t, kvh); };
         auto val = [&](index_t t) { return v.row(sp.k_begin + t, kvh); };
         decode_range<TKV>(qs.data() + kvh * rows * dpad, d, key, val, b0, b1, state(kvh), valid_of,
-                          sbuf.data(), std::min(it.k1, b1 + decode_prefetch_keys));
+                          sbuf.data(), std::min(it.k1, b1 + BC));
       }
     }
   });
