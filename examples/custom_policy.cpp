@@ -2,6 +2,7 @@
 // for every 64-query block, the first key block (attention sink), the two most recent key blocks
 // and every `stride`-th block in between. The library's one sparse kernel runs it; no new kernel.
 #include <cstdio>
+#include <spattn/kernels/prefill.hpp>
 #include <spattn/kernels/sparse_prefill.hpp>
 #include <spattn/policies/prefill_policy.hpp>
 #include <vector>
@@ -11,14 +12,16 @@ struct strided_policy {
 
   std::string name() const { return "strided"; }
 
-  spattn::prefill_selection select(const spattn::prefill_inputs& in, const spattn::budget& b) const {
+  spattn::prefill_selection select(const spattn::prefill_inputs& in,
+                                   const spattn::budget& b) const {
     spattn::require(b.is_default(), "budget", "the policy default", b.describe());
     spattn::prefill_selection sel = in.empty_selection(64, 64);
     for (long h = 0; h < sel.heads; ++h) {
       for (long qb = 0; qb < sel.q_blocks(); ++qb) {
         const long diag = sel.last_position(qb) / 64;  // key block holding the last query
         for (long kb = 0; kb <= diag; ++kb) {
-          if (kb == 0 || kb >= diag - 1 || kb % stride == 0) sel.at(h, qb).blocks.push_back(kb * 64);
+          if (kb == 0 || kb >= diag - 1 || kb % stride == 0)
+            sel.at(h, qb).blocks.push_back(kb * 64);
         }
       }
     }
@@ -32,7 +35,8 @@ int main() {
   const long n = 2048, heads = 8, kv_heads = 2, d = 64;
   std::vector<float> q(n * heads * d), k(n * kv_heads * d), v(k.size()), out(q.size());
   for (std::size_t i = 0; i < q.size(); ++i) q[i] = static_cast<float>((i * 7919) % 13) / 13.0f;
-  for (std::size_t i = 0; i < k.size(); ++i) k[i] = v[i] = static_cast<float>((i * 104729) % 17) / 17.0f;
+  for (std::size_t i = 0; i < k.size(); ++i)
+    k[i] = v[i] = static_cast<float>((i * 104729) % 17) / 17.0f;
   spattn::tensor_view<const float> qv(q.data(), n, heads, d), kv(k.data(), n, kv_heads, d),
       vv(v.data(), n, kv_heads, d);
 

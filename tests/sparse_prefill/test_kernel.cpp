@@ -2,8 +2,8 @@
 // dense kernel for the full causal selection.
 #include <cstring>
 
-#include "spattn/policies/dense.hpp"
 #include "sparse_support.hpp"
+#include "spattn/policies/dense.hpp"
 
 using namespace spattn;
 using namespace spattn::test;
@@ -115,4 +115,20 @@ TEST_CASE("sparse results do not depend on the thread count", "[sparse][kernel][
   sparse_prefill(q.cview(), k.cview(), v.cview(), o3.view(), sel, {}, opt);
   CHECK(o1.data == o2.data);
   CHECK(o1.data == o3.data);
+}
+
+TEMPLATE_TEST_CASE("the fast transposing K pack equals the scalar pack", "[sparse][kernel][pack]",
+                   float, f16, bf16) {
+  const index_t d = GENERATE(16, 64, 72, 128, 256);
+  const int n = GENERATE(1, 15, 17, 63, 64);
+  auto k = random_tensor<TestType>(64, 1, d, 77);
+  simd::aligned_buffer a(static_cast<std::size_t>(d * kernels::BC)),
+      b(static_cast<std::size_t>(d * kernels::BC));
+  std::fill(a.data(), a.data() + d * kernels::BC, 1.0f);  // stale data must be overwritten
+  std::fill(b.data(), b.data() + d * kernels::BC, 2.0f);
+  // Gathered, unordered rows.
+  auto row = [&](int j) { return k.cview().row((j * 37) % 64, 0); };
+  kernels::pack_k_transposed_scalar<TestType>(row, n, d, a.data());
+  kernels::pack_k_transposed<TestType>(row, n, d, b.data());
+  CHECK(std::memcmp(a.data(), b.data(), static_cast<std::size_t>(d * kernels::BC) * 4) == 0);
 }

@@ -36,7 +36,7 @@ inline constexpr index_t sparse_block_q = 64;  // query tokens per work item (at
 
 struct sparse_item {
   index_t kv_head = 0, h0 = 0, nh = 0;  // query heads kv_head*group + h0 .. + nh
-  index_t q0 = 0, q1 = 0, qb0 = 0;       // query tokens [q0, q1); first selection query block
+  index_t q0 = 0, q1 = 0, qb0 = 0;      // query tokens [q0, q1); first selection query block
   double cost = 0;
 };
 
@@ -55,7 +55,6 @@ inline sparse_layout sparse_item_layout(const prefill_selection& sel, index_t gr
 inline std::vector<sparse_item> plan_sparse_prefill(const prefill_selection& sel, index_t kv_heads,
                                                     index_t group, const sparse_layout& lay) {
   std::vector<sparse_item> items;
-  std::vector<std::pair<index_t, index_t>> iv;
   for (index_t q0 = 0; q0 < sel.q_tokens; q0 += lay.item_q) {
     const index_t q1 = std::min(sel.q_tokens, q0 + lay.item_q), qb0 = q0 / sel.block_q;
     for (index_t kvh = 0; kvh < kv_heads; ++kvh) {
@@ -63,9 +62,9 @@ inline std::vector<sparse_item> plan_sparse_prefill(const prefill_selection& sel
         sparse_item it{kvh, g0, std::min(lay.heads_per_item, group - g0), q0, q1, qb0, 0.0};
         for (index_t g = 0; g < it.nh; ++g) {
           for (index_t b = 0; b < lay.sub && qb0 + b < sel.q_blocks(); ++b) {
-            sel.key_intervals(kvh * group + g0 + g, qb0 + b, iv);
-            index_t keys = 0;
-            for (const auto& [a, z] : iv) keys += z - a;
+            const auto& e = sel.at(kvh * group + g0 + g, qb0 + b);  // cost estimate only
+            const auto keys = static_cast<index_t>(e.blocks.size()) * sel.block_k +
+                              static_cast<index_t>(e.columns.size());
             const index_t rows =
                 std::min(sel.block_q, q1 - q0 - b * sel.block_q);  // rows of this query block
             it.cost += static_cast<double>(keys) * static_cast<double>(rows);
@@ -121,28 +120,37 @@ void run_sparse_item(const sparse_item& it, const prefill_selection& sel, const 
   sc.s.resize(static_cast<std::size_t>(MR * BC));
   const float qscale = c.scale * log2e;
   const index_t first_head = it.kv_head * c.group + it.h0;
-  for (index_t g = 0; g < it.nh; ++g) {
-    pack_rows<TQ>([&](int j) { return q.row(it.q0 + j, first_head + g); }, static_cast<int>(bq), d,
-                  dpad, qscale, sc.qs.data() + g * bq * dpad);
+  // Row groups (head g, sub-block b), sub-block major: bit b * nh + g holds rows
+  // [base(b, g), base(b, g) + sub_rows(b)); every sub-block but the last is full. With one
+  // sub-block this is the dense kernel's layout (head-major).
+  const index_t sub = lay.sub, nh = it.nh, bqs = sel.block_q;
+  auto sub_rows = [&](index_t b) { return std::clamp<index_t>(bq - b * bqs, 0, bqs); };
+  auto base = [&](index_t b, index_t g) { return b * bqs * nh + g * sub_rows(b); };
+  auto group_rows = [&](index_t rg) {
+    const index_t b = rg / nh, g = rg % nh;
+    return std::pair<index_t, index_t>(base(b, g), base(b, g) + sub_rows(b));
+  };
+  // Token offset (from it.q0) of state row r.
+  auto row_token = [&](index_t r) {
+    const index_t b = r / (bqs * nh), w = r % (bqs * nh);
+    return b * bqs + w % sub_rows(b);
+  };
+  for (index_t b = 0; b < sub; ++b) {
+    for (index_t g = 0; g < nh && sub_rows(b) > 0; ++g) {
+      pack_rows<TQ>([&](int j) { return q.row(it.q0 + b * bqs + j, first_head + g); },
+                    static_cast<int>(sub_rows(b)), d, dpad, qscale,
+                    sc.qs.data() + base(b, g) * dpad);
+    }
   }
   softmax_state st{sc.o.data(), sc.ml.data(), sc.ml.data() + rows, rows, dpad};
   st.reset();
-
-  // Row groups: (head g, sub-block b) -> bit g * sub + b, rows [row_begin, row_end).
-  const index_t sub = lay.sub;
-  auto group_rows = [&](index_t rg) {
-    const index_t g = rg / sub, b = rg % sub;
-    const index_t r0 = g * bq + std::min(b * sel.block_q, bq);
-    const index_t r1 = g * bq + std::min((b + 1) * sel.block_q, bq);
-    return std::pair<index_t, index_t>(r0, r1);
-  };
 
   // Sweep the key axis: events (position << 7 | bit << 1 | is_start).
   sc.events.clear();
   for (index_t g = 0; g < it.nh; ++g) {
     for (index_t b = 0; b < sub && it.qb0 + b < sel.q_blocks(); ++b) {
       sel.key_intervals(first_head + g, it.qb0 + b, sc.iv);
-      const auto bit = static_cast<std::uint64_t>(g * sub + b);
+      const auto bit = static_cast<std::uint64_t>(b * nh + g);
       for (const auto& [a, z] : sc.iv) {
         sc.events.push_back(static_cast<std::uint64_t>(a) << 7 | bit << 1 | 1u);
         sc.events.push_back(static_cast<std::uint64_t>(z) << 7 | bit << 1);
@@ -166,7 +174,6 @@ void run_sparse_item(const sparse_item& it, const prefill_selection& sel, const 
   }
   // Hand small tails of shared lists to the single groups' lists.
   const std::size_t shared_lists = sc.used;
-  std::uint64_t touched = 0;
   for (std::size_t li = 0; li < shared_lists; ++li) {
     const std::uint64_t m = sc.masks[li];
     const std::size_t tail = sc.lists[li].size() % BC;
@@ -175,26 +182,44 @@ void run_sparse_item(const sparse_item& it, const prefill_selection& sel, const 
       const std::uint64_t one = bits & (~bits + 1);
       auto& dst = sc.list_for(one);  // may reallocate sc.lists: index afresh below
       const auto& src = sc.lists[li];
+      const auto old_size = static_cast<std::ptrdiff_t>(dst.size());
       dst.insert(dst.end(), src.end() - static_cast<std::ptrdiff_t>(tail), src.end());
-      touched |= one;
+      std::inplace_merge(dst.begin(), dst.begin() + old_size, dst.end());  // both parts sorted
     }
-    sc.lists[li].resize(sc.lists[li].size() - tail);
-  }
-  for (std::size_t li = 0; li < sc.used; ++li) {
-    if (std::popcount(sc.masks[li]) == 1 && (sc.masks[li] & touched)) {
-      std::sort(sc.lists[li].begin(), sc.lists[li].end());
-    }
+    auto& shrunk = sc.lists[li];
+    shrunk.erase(shrunk.end() - static_cast<std::ptrdiff_t>(tail), shrunk.end());
   }
 
   const index_t first_pos = sel.q_offset + it.q0;  // position of row 0 of every head
+  // Gathered K/V rows are not sequential: fetch the next tile's rows (into L2) while attending
+  // this one.
+  const std::size_t row_bytes = static_cast<std::size_t>(d) * sizeof(TKV);
+  auto prefetch_tile = [&](std::size_t li, std::size_t t0) {
+    if (li >= sc.used || t0 >= sc.lists[li].size()) return;
+    const std::vector<index_t>& list = sc.lists[li];
+    const std::size_t end = std::min<std::size_t>(list.size(), t0 + BC);
+    for (std::size_t j = t0; j < end; ++j) {
+      const char* kr = reinterpret_cast<const char*>(k.row(list[j], it.kv_head));
+      const char* vr = reinterpret_cast<const char*>(v.row(list[j], it.kv_head));
+      for (std::size_t b = 0; b < row_bytes; b += 64) {
+        _mm_prefetch(kr + b, _MM_HINT_T1);
+        _mm_prefetch(vr + b, _MM_HINT_T1);
+      }
+    }
+  };
+  prefetch_tile(0, 0);
   for (std::size_t li = 0; li < sc.used; ++li) {
     const std::vector<index_t>& list = sc.lists[li];
     const std::uint64_t m = sc.masks[li];
     for (std::size_t t0 = 0; t0 < list.size(); t0 += BC) {
       const int n = static_cast<int>(std::min<std::size_t>(BC, list.size() - t0));
       const index_t* cols = list.data() + t0;
-      pack_k_transposed<TKV>([&](int j) { return k.row(cols[j], it.kv_head); }, n, d,
-                             sc.kt.data());
+      if (t0 + BC < list.size()) {
+        prefetch_tile(li, t0 + BC);
+      } else {
+        prefetch_tile(li + 1, 0);
+      }
+      pack_k_transposed<TKV>([&](int j) { return k.row(cols[j], it.kv_head); }, n, d, sc.kt.data());
       pack_rows<TKV>([&](int j) { return v.row(cols[j], it.kv_head); }, n, d, dpad, 1.0f,
                      sc.vp.data());
       const index_t max_col = cols[n - 1];
@@ -205,7 +230,7 @@ void run_sparse_item(const sparse_item& it, const prefill_selection& sel, const 
         index_t r_begin = group_rows(lo).first, r_end = group_rows(lo + len - 1).second;
         index_t min_pos = first_pos + sel.block_q * sub;  // > any row's position
         for (int rg = lo; rg < lo + len; ++rg) {
-          min_pos = std::min(min_pos, first_pos + std::min<index_t>((rg % sub) * sel.block_q, bq));
+          min_pos = std::min(min_pos, first_pos + (rg / nh) * bqs);
         }
         if (r_end <= r_begin) continue;
         const softmax_state part{st.o + r_begin * dpad, st.m + r_begin, st.l + r_begin,
@@ -218,7 +243,7 @@ void run_sparse_item(const sparse_item& it, const prefill_selection& sel, const 
           attend_tile(
               qpart, d, sc.kt.data(), sc.vp.data(), part,
               [&](int r) {
-                const index_t pos = first_pos + (r_begin + r) % bq;
+                const index_t pos = first_pos + row_token(r_begin + r);
                 return static_cast<int>(std::upper_bound(cols, cols + n, pos) - cols);
               },
               sc.s.data());
@@ -227,8 +252,8 @@ void run_sparse_item(const sparse_item& it, const prefill_selection& sel, const 
     }
   }
   for (int r = 0; r < rows; ++r) {
-    const index_t g = r / bq, i = r % bq;
-    const index_t h = first_head + g, t = it.q0 + i;
+    const index_t b = r / (bqs * nh), w = r % (bqs * nh);
+    const index_t h = first_head + w / sub_rows(b), t = it.q0 + row_token(r);
     finalize_row(st.o + r * dpad, st.m[r], st.l[r], d, out.row(t, h),
                  lse.empty() ? nullptr : &lse.at(t, h));
   }

@@ -59,9 +59,10 @@ inline void pack_rows(RowPtr row_ptr, int n, index_t d, index_t dpad, float scal
   }
 }
 
-// Packs a key tile transposed: kt[x * BC + j] = K[j][x]; columns j >= n are zero.
+// Packs a key tile transposed: kt[x * BC + j] = K[j][x]; columns j >= n are zero. Portable
+// version; pack_k_transposed below uses in-register transposes where it can.
 template <class T, class RowPtr>
-inline void pack_k_transposed(RowPtr row_ptr, int n, index_t d, float* kt) {
+inline void pack_k_transposed_scalar(RowPtr row_ptr, int n, index_t d, float* kt) {
   alignas(64) float buf[BC];
   for (int j = 0; j < n; ++j) {
     const T* src = row_ptr(j);
@@ -74,6 +75,51 @@ inline void pack_k_transposed(RowPtr row_ptr, int n, index_t d, float* kt) {
   if (n < BC) {
     for (index_t x = 0; x < d; ++x) std::fill(kt + x * BC + n, kt + x * BC + BC, 0.0f);
   }
+}
+
+// Same result as pack_k_transposed_scalar (kt[x * BC + j] = K[j][x], columns j >= n zero), with
+// 16x16 in-register transposes under AVX-512 when head_dim is a multiple of 16. The scalar
+// transpose costs about as much as attending a 16-row tile, so sparse tiles with few rows need
+// this; other targets and head dims use the scalar version.
+template <class T, class RowPtr>
+inline void pack_k_transposed(RowPtr row_ptr, int n, index_t d, float* kt) {
+#if defined(__AVX512F__)
+  if (d % 16 == 0) {
+    for (int j0 = 0; j0 < BC; j0 += 16) {
+      const int rows = std::clamp(n - j0, 0, 16);
+      for (index_t x0 = 0; x0 < d; x0 += 16) {
+        __m512 r[16];
+        for (int i = 0; i < 16; ++i) {
+          r[i] = i < rows ? __m512(simd::load_f32(row_ptr(j0 + i) + x0)) : _mm512_setzero_ps();
+        }
+        __m512 t[16], u[16];
+        for (int i = 0; i < 8; ++i) {
+          t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+          t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+        }
+        for (int k = 0; k < 4; ++k) {
+          u[4 * k + 0] = _mm512_shuffle_ps(t[4 * k + 0], t[4 * k + 2], _MM_SHUFFLE(1, 0, 1, 0));
+          u[4 * k + 1] = _mm512_shuffle_ps(t[4 * k + 0], t[4 * k + 2], _MM_SHUFFLE(3, 2, 3, 2));
+          u[4 * k + 2] = _mm512_shuffle_ps(t[4 * k + 1], t[4 * k + 3], _MM_SHUFFLE(1, 0, 1, 0));
+          u[4 * k + 3] = _mm512_shuffle_ps(t[4 * k + 1], t[4 * k + 3], _MM_SHUFFLE(3, 2, 3, 2));
+        }
+        for (int c = 0; c < 4; ++c) {
+          const __m512 w0 = _mm512_shuffle_f32x4(u[c], u[4 + c], 0x44);
+          const __m512 w1 = _mm512_shuffle_f32x4(u[c], u[4 + c], 0xEE);
+          const __m512 w2 = _mm512_shuffle_f32x4(u[8 + c], u[12 + c], 0x44);
+          const __m512 w3 = _mm512_shuffle_f32x4(u[8 + c], u[12 + c], 0xEE);
+          float* base = kt + (x0 + c) * BC + j0;
+          _mm512_storeu_ps(base, _mm512_shuffle_f32x4(w0, w2, 0x88));
+          _mm512_storeu_ps(base + 4 * BC, _mm512_shuffle_f32x4(w0, w2, 0xDD));
+          _mm512_storeu_ps(base + 8 * BC, _mm512_shuffle_f32x4(w1, w3, 0x88));
+          _mm512_storeu_ps(base + 12 * BC, _mm512_shuffle_f32x4(w1, w3, 0xDD));
+        }
+      }
+    }
+    return;
+  }
+#endif
+  pack_k_transposed_scalar<T>(row_ptr, n, d, kt);
 }
 
 // S[R][BC] (columns col0 .. col0 + NV*W) = Q[R][d] . Kt[d][BC].

@@ -31,17 +31,20 @@ struct a_shape {
     require(window >= 1, "a_shape window", ">= 1", window);
     index_t w = window;
     if (!b.is_default()) {
-      detail::require_uniform(b, "a_shape");
-      const index_t target = detail::pair_budget(b, in);
+      spattn::detail::require_uniform(b, "a_shape");
+      const index_t target = spattn::detail::pair_budget(b, in);
       const index_t kmax = in.offset() + in.q_tokens();
       require(head_pairs(in, 1) <= target, "budget",
-              detail::concat("at least the sinks plus a window of 1 (",
-                             head_pairs(in, 1), " pairs per head)"),
-              detail::concat(b.describe(), " (", target, " pairs per head)"));
+              spattn::detail::concat("at least the sinks plus a window of 1 (", head_pairs(in, 1),
+                                     " pairs per head)"),
+              spattn::detail::concat(b.describe(), " (", target, " pairs per head)"));
       index_t lo = 1, hi = kmax;  // largest w with head_pairs(w) <= target
       while (lo < hi) {
         const index_t mid = lo + (hi - lo + 1) / 2;
-        if (head_pairs(in, mid) <= target) lo = mid; else hi = mid - 1;
+        if (head_pairs(in, mid) <= target)
+          lo = mid;
+        else
+          hi = mid - 1;
       }
       w = lo;
     }
@@ -70,5 +73,7 @@ struct a_shape {
     return one.pairs();
   }
 };
+
+static_assert(prefill_policy<a_shape>);
 
 }  // namespace spattn::policies

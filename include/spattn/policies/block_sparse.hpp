@@ -54,43 +54,21 @@ struct block_sparse {
       index_t lo = 3, hi = std::max<index_t>(3, nb);
       while (lo < hi) {
         const index_t mid = lo + (hi - lo + 1) / 2;
-        if (pairs_for(in, mid) <= target) lo = mid; else hi = mid - 1;
+        if (pairs_for(in, mid) <= target)
+          lo = mid;
+        else
+          hi = mid - 1;
       }
       k = std::min(lo, nb);
     }
     prefill_selection sel = in.empty_selection(C, C);
-    const index_t m0 = off / C, nqb = sel.q_blocks();
     std::vector<double> flops(static_cast<std::size_t>(in.heads()), 0.0);
     detail::for_each_task(in.exec, in.heads(), [&](index_t h) {
-      std::vector<float> scores;
       in.q.visit([&](const auto& qv) {
         in.k.visit([&](const auto& kv) {
-          flops[static_cast<std::size_t>(h)] = pooled_scores(qv, kv, h, h / in.group(), off, scores);
+          flops[static_cast<std::size_t>(h)] = select_head(qv, kv, h, h / in.group(), off, k, sel);
         });
       });
-      const index_t nk = (P + C - 1) / C;  // key chunks with keys
-      for (index_t bq = 0; bq < nqb; ++bq) {
-        const index_t m = m0 + bq;
-        auto& e = sel.at(h, bq);
-        if (m + 1 < k) {
-          for (index_t n = 0; n <= m; ++n) e.blocks.push_back(n * C);
-          continue;
-        }
-        std::vector<index_t> keep = {0};  // forced: first, previous and diagonal chunk
-        if (m - 1 > 0) keep.push_back(m - 1);
-        if (m > 0) keep.push_back(m);
-        const index_t others = k - static_cast<index_t>(keep.size());
-        if (others > 0) {
-          const float* row = scores.data() + bq * nk;
-          std::vector<index_t> cand;
-          for (index_t n = 1; n <= m - 2; ++n) cand.push_back(n);
-          std::nth_element(cand.begin(), cand.begin() + (others - 1), cand.end(),
-                           detail::by_score{row});
-          keep.insert(keep.end(), cand.begin(), cand.begin() + others);
-        }
-        std::sort(keep.begin(), keep.end());
-        for (index_t n : keep) e.blocks.push_back(n * C);
-      }
     });
     for (double f : flops) sel.estimation_flops += f;
     return sel;
@@ -109,44 +87,90 @@ struct block_sparse {
   }
 
  private:
-  // scores[bq][n] for this head's query chunks (rows of the selection) and key chunks n < nk.
+  // Pools the head's query and key chunks, scores them in blocks of 64 query chunks (tile
+  // micro-kernels, pooled keys packed once) and fills the head's entries. Returns its FLOPs.
   template <class TQ, class TK>
-  double pooled_scores(const tensor_view<const TQ>& q, const tensor_view<const TK>& k, index_t h,
-                       index_t kvh, index_t off, std::vector<float>& scores) const {
+  double select_head(const tensor_view<const TQ>& q, const tensor_view<const TK>& k, index_t h,
+                     index_t kvh, index_t off, index_t top, prefill_selection& sel) const {
+    constexpr index_t BC = kernels::BC;
     const index_t C = chunk_size, d = q.head_dim(), dpad = kernels::padded_dim(d);
     const index_t P = off + q.tokens(), nk = (P + C - 1) / C, nqb = (q.tokens() + C - 1) / C;
+    const index_t m0 = off / C, ntiles = (nk + BC - 1) / BC;
     const float inv = 1.0f / static_cast<float>(C);
-    simd::aligned_buffer qp(static_cast<std::size_t>(nqb * dpad)), kpool(static_cast<std::size_t>(nk * dpad));
-    std::vector<float> row(static_cast<std::size_t>(d));
+    simd::aligned_buffer qp(static_cast<std::size_t>(nqb * dpad)),
+        kpool(static_cast<std::size_t>(nk * dpad)), kt(static_cast<std::size_t>(ntiles * d * BC));
+    std::vector<float> tmp(static_cast<std::size_t>(d));
     auto pool = [&](auto row_ptr, index_t count, index_t chunks, float* dst) {
       std::fill(dst, dst + chunks * dpad, 0.0f);
       for (index_t t = 0; t < count; ++t) {
-        simd::convert_to_f32(row_ptr(t), row.data(), d);
+        simd::convert_to_f32(row_ptr(t), tmp.data(), d);
         float* o = dst + (t / C) * dpad;
-        for (index_t x = 0; x < d; ++x) o[x] += row[static_cast<std::size_t>(x)];
+        for (index_t x = 0; x < d; ++x) o[x] += tmp[static_cast<std::size_t>(x)];
       }
       for (index_t i = 0; i < chunks * dpad; ++i) dst[i] *= inv;
     };
     pool([&](index_t t) { return q.row(t, h); }, q.tokens(), nqb, qp.data());
     pool([&](index_t t) { return k.row(t, kvh); }, P, nk, kpool.data());
-    scores.assign(static_cast<std::size_t>(nqb * nk), 0.0f);
-    simd::aligned_buffer kt(static_cast<std::size_t>(d * kernels::BC)), s(static_cast<std::size_t>(nqb * kernels::BC));
-    for (index_t n0 = 0; n0 < nk; n0 += kernels::BC) {
-      const int n = static_cast<int>(std::min<index_t>(kernels::BC, nk - n0));
-      kernels::pack_k_transposed<float>([&](int j) { return kpool.data() + (n0 + j) * dpad; }, n,
-                                        d, kt.data());
-      // Query chunks that see any of these key chunks: position of chunk end >= n0 * C.
-      const index_t first = std::max<index_t>(0, n0 - off / C);
-      if (first >= nqb) break;
-      detail::score_rows(qp.data() + first * dpad, dpad, kt.data(), d, s.data(),
-                         static_cast<int>(nqb - first));
-      for (index_t bq = first; bq < nqb; ++bq)
-        std::copy(s.data() + (bq - first) * kernels::BC, s.data() + (bq - first) * kernels::BC + n,
-                  scores.data() + bq * nk + n0);
+    for (index_t tile = 0; tile < ntiles; ++tile) {
+      const int n = static_cast<int>(std::min<index_t>(BC, nk - tile * BC));
+      kernels::pack_k_transposed<float>(
+          [&](int j) { return kpool.data() + (tile * BC + j) * dpad; }, n, d,
+          kt.data() + tile * d * BC);
     }
+    constexpr index_t RB = 64;  // query chunks scored at once
+    std::vector<float> rows(static_cast<std::size_t>(RB * ntiles * BC)), vals;
+    simd::aligned_buffer s(static_cast<std::size_t>(RB * BC));
+    double scored = 0;
+    for (index_t r0 = 0; r0 < nqb; r0 += RB) {
+      const index_t r1 = std::min(nqb, r0 + RB);
+      const index_t first = std::max(r0, top - 1 - m0);  // rows before are dense: no scores
+      if (first < r1) {
+        const index_t tiles = std::min(ntiles, (m0 + r1 - 1) / BC + 1);  // key chunks <= m
+        for (index_t tile = 0; tile < tiles; ++tile) {
+          detail::score_rows(qp.data() + first * dpad, dpad, kt.data() + tile * d * BC, d, s.data(),
+                             static_cast<int>(r1 - first));
+          for (index_t r = first; r < r1; ++r) {
+            std::copy(s.data() + (r - first) * BC, s.data() + (r - first + 1) * BC,
+                      rows.data() + (r - r0) * ntiles * BC + tile * BC);
+          }
+        }
+        scored += static_cast<double>((r1 - first) * tiles * BC);
+      }
+      for (index_t bq = r0; bq < r1; ++bq) {
+        const index_t m = m0 + bq;
+        auto& e = sel.at(h, bq);
+        if (m + 1 < top) {  // early query chunks are dense
+          for (index_t n = 0; n <= m; ++n) e.blocks.push_back(n * C);
+          continue;
+        }
+        std::vector<index_t> keep = {0};  // forced: first, previous and diagonal chunk
+        if (m - 1 > 0) keep.push_back(m - 1);
+        if (m > 0) keep.push_back(m);
+        const index_t others = top - static_cast<index_t>(keep.size());
+        if (others > 0) {
+          // The `others` best of chunks 1..m-2, ties to the lower index: find the threshold
+          // score on plain floats, then take chunks above it and ties in index order.
+          const float* row = rows.data() + (bq - r0) * ntiles * BC;
+          vals.assign(row + 1, row + m - 1);
+          std::nth_element(vals.begin(), vals.begin() + (others - 1), vals.end(), std::greater<>());
+          const float thr = vals[static_cast<std::size_t>(others - 1)];
+          index_t above = 0;
+          for (index_t n = 1; n <= m - 2; ++n) above += row[n] > thr ? 1 : 0;
+          index_t ties = others - above;
+          for (index_t n = 1; n <= m - 2; ++n) {
+            if (row[n] > thr || (row[n] == thr && ties-- > 0)) keep.push_back(n);
+          }
+        }
+        std::sort(keep.begin(), keep.end());
+        for (index_t n : keep) e.blocks.push_back(n * C);
+      }
+    }
+    // Pooling (one add per element) and the pooled dot products computed.
     return static_cast<double>(d) * static_cast<double>(q.tokens() + P) +
-           2.0 * static_cast<double>(d) * static_cast<double>(nqb) * static_cast<double>(nk) / 2;
+           2.0 * static_cast<double>(d) * scored;
   }
 };
+
+static_assert(prefill_policy<block_sparse>);
 
 }  // namespace spattn::policies

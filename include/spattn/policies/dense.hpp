@@ -20,8 +20,7 @@ struct dense {
         b.is_default() || (b.kind() == budget_kind::ratio && b.value() >= 1.0) ||
         (b.kind() == budget_kind::coverage && b.value() >= 1.0) ||
         (b.kind() == budget_kind::tokens && b.value() >= static_cast<double>(in.k_tokens()));
-    require(keeps_all, "budget", "one that keeps every pair (dense cannot sparsify)",
-            b.describe());
+    require(keeps_all, "budget", "one that keeps every pair (dense cannot sparsify)", b.describe());
     return full_causal(in);
   }
 
@@ -37,5 +36,7 @@ struct dense {
     return sel;
   }
 };
+
+static_assert(prefill_policy<dense>);
 
 }  // namespace spattn::policies

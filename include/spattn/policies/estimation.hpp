@@ -19,14 +19,26 @@ using kernels::MR;
 inline void score_rows(const float* qs, index_t dpad, const float* kt, index_t d, float* s,
                        int rows) {
   int r0 = 0;
-  for (; r0 + MR <= rows; r0 += MR) kernels::qk_panel_all<MR>(qs + r0 * dpad, dpad, kt, d, s + r0 * BC);
+  for (; r0 + MR <= rows; r0 += MR)
+    kernels::qk_panel_all<MR>(qs + r0 * dpad, dpad, kt, d, s + r0 * BC);
   switch (rows - r0) {
-    case 1: kernels::qk_panel_all<1>(qs + r0 * dpad, dpad, kt, d, s + r0 * BC); break;
-    case 2: kernels::qk_panel_all<2>(qs + r0 * dpad, dpad, kt, d, s + r0 * BC); break;
-    case 3: kernels::qk_panel_all<3>(qs + r0 * dpad, dpad, kt, d, s + r0 * BC); break;
-    case 4: kernels::qk_panel_all<4>(qs + r0 * dpad, dpad, kt, d, s + r0 * BC); break;
-    case 5: kernels::qk_panel_all<5>(qs + r0 * dpad, dpad, kt, d, s + r0 * BC); break;
-    default: break;
+    case 1:
+      kernels::qk_panel_all<1>(qs + r0 * dpad, dpad, kt, d, s + r0 * BC);
+      break;
+    case 2:
+      kernels::qk_panel_all<2>(qs + r0 * dpad, dpad, kt, d, s + r0 * BC);
+      break;
+    case 3:
+      kernels::qk_panel_all<3>(qs + r0 * dpad, dpad, kt, d, s + r0 * BC);
+      break;
+    case 4:
+      kernels::qk_panel_all<4>(qs + r0 * dpad, dpad, kt, d, s + r0 * BC);
+      break;
+    case 5:
+      kernels::qk_panel_all<5>(qs + r0 * dpad, dpad, kt, d, s + r0 * BC);
+      break;
+    default:
+      break;
   }
 }
 
@@ -49,10 +61,15 @@ inline std::vector<index_t> top_k(const float* x, index_t n, index_t k) {
   return idx;
 }
 
-// All indices of x[0..n), best first.
-inline std::vector<index_t> rank_all(const float* x, index_t n) {
+// The `count` best indices of x[0..n), best first.
+inline std::vector<index_t> rank_top(const float* x, index_t n, index_t count) {
   std::vector<index_t> idx(static_cast<std::size_t>(n));
   std::iota(idx.begin(), idx.end(), index_t{0});
+  count = std::clamp<index_t>(count, 0, n);
+  if (count < n) {
+    std::nth_element(idx.begin(), idx.begin() + count, idx.end(), by_score{x});
+    idx.resize(static_cast<std::size_t>(count));
+  }
   std::sort(idx.begin(), idx.end(), by_score{x});
   return idx;
 }

@@ -16,6 +16,9 @@
 //  - approximation_size and min_budget are clamped to the sequence (the reference requires
 //    L >= approximation_size and crashes when min_budget > L).
 //  - The coverage cumsum is accumulated in double; ties in top-k go to the lower index.
+//  - The forced columns 0..3 and offsets 0..63 are always kept whole: sizes are raised to at
+//    least 4 / 64. (With min_budget < 64 the reference's topk(ns) would keep only ns of the
+//    forced offsets, possibly not offset 0; the defaults never reach this.)
 //  - The same chunked-prefill generalisation as vertical_slash.
 //  - Budgets: coverage(a) sets alpha = a; tokens(T) / kept(f) cap both sizes per head at the
 //    largest x whose computed pairs fit (the coverage sizes still apply below the cap). Adaptive
@@ -37,8 +40,7 @@ struct flexprefill {
     in.validate();
     require(std::isfinite(alpha) && alpha > 0.0 && alpha <= 1.0, "flexprefill alpha",
             "a coverage in (0, 1]", alpha);
-    require(approximation_size >= 1, "flexprefill approximation_size", ">= 1",
-            approximation_size);
+    require(approximation_size >= 1, "flexprefill approximation_size", ">= 1", approximation_size);
     require(min_budget >= 1, "flexprefill min_budget", ">= 1", min_budget);
     detail::vs_config cfg;
     cfg.approximation = approximation_size;
@@ -57,5 +59,7 @@ struct flexprefill {
     return detail::vs_select(in, cfg, target, "flexprefill");
   }
 };
+
+static_assert(prefill_policy<flexprefill>);
 
 }  // namespace spattn::policies

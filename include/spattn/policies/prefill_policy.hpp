@@ -15,8 +15,8 @@
 //   coverage(a)             the smallest set holding the fraction a of the estimated attention
 //                           mass (policies that estimate mass; others raise spattn::error).
 // A budget a policy cannot meet (e.g. smaller than its forced parts) raises spattn::error.
-#include <cmath>
 #include <algorithm>
+#include <cmath>
 #include <concepts>
 #include <string>
 
@@ -30,10 +30,10 @@ namespace spattn {
 // What a policy may look at: the queries and keys of one sequence (values never matter to the
 // selection), where the queries sit, the softmax scale, and the threads it may use.
 struct prefill_inputs {
-  any_view q;            // [q_tokens, heads, head_dim]
-  any_view k;            // [k_tokens, kv_heads, head_dim]
-  index_t q_offset = -1; // position of query 0; -1: k.tokens - q.tokens (queries are the last)
-  float scale = 0.0f;    // softmax scale; 0: 1/sqrt(head_dim)
+  any_view q;             // [q_tokens, heads, head_dim]
+  any_view k;             // [k_tokens, kv_heads, head_dim]
+  index_t q_offset = -1;  // position of query 0; -1: k.tokens - q.tokens (queries are the last)
+  float scale = 0.0f;     // softmax scale; 0: 1/sqrt(head_dim)
   executor exec = executor::openmp();
 
   index_t heads() const { return q.heads(); }
@@ -88,8 +88,8 @@ inline index_t pair_budget(const budget& b, const prefill_inputs& in) {
       return std::max<index_t>(
           1, static_cast<index_t>(std::floor(b.value() * static_cast<double>(causal) + 1e-9)));
     default:
-      throw error(concat("argument 'budget': expected a token or ratio budget, got ",
-                         b.describe()));
+      throw error(
+          concat("argument 'budget': expected a token or ratio budget, got ", b.describe()));
   }
 }
 
@@ -101,10 +101,10 @@ inline void require_uniform(const budget& b, const char* policy) {
 }  // namespace detail
 
 template <class P>
-concept prefill_policy =
-    std::semiregular<P> && requires(const P& p, const prefill_inputs& in, const budget& b) {
-      { p.name() } -> std::convertible_to<std::string>;
-      { p.select(in, b) } -> std::same_as<prefill_selection>;
-    };
+concept prefill_policy = std::semiregular<P> &&
+    requires(const P& p, const prefill_inputs& in, const budget& b) {
+  { p.name() } -> std::convertible_to<std::string>;
+  { p.select(in, b) } -> std::same_as<prefill_selection>;
+};
 
 }  // namespace spattn

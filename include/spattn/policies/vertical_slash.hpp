@@ -27,9 +27,12 @@
 //    chunk's last queries, keys up to the chunk's end, and 64-query blocks start at the offset.
 //  - Blocks that start after a query block's last query (only possible in a final partial block)
 //    are dropped; they would compute nothing.
-//  - Budgets: tokens(T) / kept(f) choose per head the largest size x (vertical = slash = x,
-//    at least the forced 4 / 64) whose computed pairs fit; the reference has no budget mapping.
-//    Coverage budgets raise (use flexprefill); adaptive allocation raises.
+//  - Budgets: tokens(T) / kept(f) choose per head a size x (vertical = slash = x, at least the
+//    forced 4 / 64) whose computed pairs fit, within 1/64 of the largest such x (search over the
+//    exact pair count); the reference has no budget mapping. Coverage budgets raise (use
+//    flexprefill); adaptive allocation raises.
+//  - fp32 scores are kept per tile relative to a running row maximum (online softmax) and
+//    rescaled once; mathematically the same probabilities.
 #include <string>
 #include <vector>
 
@@ -53,10 +56,16 @@ double vs_estimate(const tensor_view<const TQ>& q, const tensor_view<const TK>& 
   constexpr int W = simd::W;
   const index_t nq = q.tokens(), P = q_offset + nq, d = q.head_dim();
   const index_t dpad = kernels::padded_dim(d), t0 = nq - A, ntiles = (P + BC - 1) / BC;
-  thread_local simd::aligned_buffer qs, sbuf, kt;
+  // One pass over the keys keeps, per row, a running max and sum (online softmax) and stores
+  // p = 2^(s - running max) per tile with the max it used; the second pass only rescales by
+  // 2^(tile max - final max) / sum and accumulates. S is never stored whole in fp32 twice.
+  thread_local simd::aligned_buffer qs, pbuf, kt, sbuf;
+  thread_local std::vector<float> tile_max;
   qs.resize(static_cast<std::size_t>(A * dpad));
-  sbuf.resize(static_cast<std::size_t>(ntiles * A * BC));
+  pbuf.resize(static_cast<std::size_t>(ntiles * A * BC));
   kt.resize(static_cast<std::size_t>(d * BC));
+  sbuf.resize(static_cast<std::size_t>(A * BC));
+  tile_max.resize(static_cast<std::size_t>(ntiles * A));
   kernels::pack_rows<TQ>([&](int j) { return q.row(t0 + j, h); }, static_cast<int>(A), d, dpad,
                          scale * kernels::log2e, qs.data());
   std::vector<float> mx(static_cast<std::size_t>(A), kernels::neg_inf);
@@ -65,27 +74,28 @@ double vs_estimate(const tensor_view<const TQ>& q, const tensor_view<const TK>& 
     const index_t k0 = tile * BC;
     const int n = static_cast<int>(std::min<index_t>(BC, P - k0));
     kernels::pack_k_transposed<TK>([&](int j) { return k.row(k0 + j, kvh); }, n, d, kt.data());
-    float* st = sbuf.data() + tile * A * BC;
-    score_rows(qs.data(), dpad, kt.data(), d, st, static_cast<int>(A));
+    score_rows(qs.data(), dpad, kt.data(), d, sbuf.data(), static_cast<int>(A));
+    float* pt = pbuf.data() + tile * A * BC;
     for (index_t i = 0; i < A; ++i) {
-      float* row = st + i * BC;
+      float* row = sbuf.data() + i * BC;
       const index_t pos = q_offset + t0 + i;
       const int valid = static_cast<int>(std::clamp<index_t>(pos - k0 + 1, 0, n));
       for (int c = valid; c < BC; ++c) row[c] = kernels::neg_inf;
       vfloat m = simd::load(row);
       for (int c = W; c < BC; c += W) m = xsimd::max(m, simd::load(row + c));
-      mx[static_cast<std::size_t>(i)] = std::max(mx[static_cast<std::size_t>(i)], simd::hmax(m));
-    }
-  }
-  for (index_t tile = 0; tile < ntiles; ++tile) {
-    float* st = sbuf.data() + tile * A * BC;
-    for (index_t i = 0; i < A; ++i) {
-      float* row = st + i * BC;
-      const vfloat m(mx[static_cast<std::size_t>(i)]);
+      float& mi = mx[static_cast<std::size_t>(i)];
+      const float m_new = std::max(mi, simd::hmax(m));
+      if (m_new > mi) {
+        l[static_cast<std::size_t>(i)] *= mi == kernels::neg_inf ? 0.0f : std::exp2(mi - m_new);
+        mi = m_new;
+      }
+      tile_max[static_cast<std::size_t>(tile * A + i)] = mi;
+      const vfloat mv(mi);
       vfloat sum(0.0f);
+      float* prow = pt + i * BC;
       for (int c = 0; c < BC; c += W) {
-        const vfloat p = simd::exp2_neg(simd::load(row + c) - m);
-        simd::store(row + c, p);
+        const vfloat p = simd::exp2_neg(simd::load(row + c) - mv);
+        simd::store(prow + c, p);
         sum += p;
       }
       l[static_cast<std::size_t>(i)] += simd::hsum(sum);
@@ -95,11 +105,14 @@ double vs_estimate(const tensor_view<const TQ>& q, const tensor_view<const TK>& 
   diag.assign(static_cast<std::size_t>(ntiles * BC + A), 0.0f);
   for (index_t tile = 0; tile < ntiles; ++tile) {
     const index_t k0 = tile * BC;
-    const float* st = sbuf.data() + tile * A * BC;
+    const float* pt = pbuf.data() + tile * A * BC;
     for (index_t i = 0; i < A; ++i) {
-      const float* row = st + i * BC;
-      const float li = l[static_cast<std::size_t>(i)];
-      const vfloat w(1.0f / (mean ? li * static_cast<float>(A) : li));
+      const float* row = pt + i * BC;
+      const auto ii = static_cast<std::size_t>(i);
+      const float tm = tile_max[static_cast<std::size_t>(tile * A + i)];
+      if (tm == kernels::neg_inf) continue;  // nothing visible yet
+      const float li = mean ? l[ii] * static_cast<float>(A) : l[ii];
+      const vfloat w(std::exp2(tm - mx[ii]) / li);
       float* vr = vert.data() + k0;
       float* dr = diag.data() + k0 + (A - 1 - i);  // t = j + (P - 1 - pos_i)
       for (int c = 0; c < BC; c += W) {
@@ -125,8 +138,10 @@ inline void vs_convert(const std::vector<index_t>& v, const std::vector<index_t>
     e.columns.clear();
     const index_t start_m = sel.first_position(m), end_m = start_m + vs_block;
     const index_t last = sel.last_position(m);
-    index_t vi = 0, si = 0;
-    while (si < ns && s[static_cast<std::size_t>(si)] >= end_m) ++si;
+    index_t vi = 0;
+    // Skip the offsets >= end_m (s is descending).
+    index_t si =
+        std::partition_point(s.begin(), s.end(), [&](index_t o) { return o >= end_m; }) - s.begin();
     if (si == ns) {  // no diagonal reaches this block (cannot happen: offset 0 is forced)
       for (index_t c : v)
         if (c <= last) e.columns.push_back(c);
@@ -182,24 +197,27 @@ inline index_t cover_count(const std::vector<float>& x, double alpha) {
   index_t count = 0;
   for (float val : sorted) {
     cum += static_cast<double>(val);
-    if (cum <= alpha) ++count; else break;
+    if (cum <= alpha)
+      ++count;
+    else
+      break;
   }
   return std::min<index_t>(count + 1, static_cast<index_t>(x.size()));
 }
 
 struct vs_config {
   index_t approximation = 256;
-  bool mean = false;         // FlexPrefill averages over the estimation queries
-  bool adaptive = false;     // FlexPrefill: sizes from coverage
+  bool mean = false;                    // FlexPrefill averages over the estimation queries
+  bool adaptive = false;                // FlexPrefill: sizes from coverage
   index_t vertical = 512, slash = 512;  // fixed sizes (vertical-slash)
-  double alpha = 0.65;       // coverage (FlexPrefill)
-  index_t min_budget = 512;  // FlexPrefill
+  double alpha = 0.65;                  // coverage (FlexPrefill)
+  index_t min_budget = 512;             // FlexPrefill
 };
 
 // The shared vertical-slash selection; `cfg` says how sizes are chosen. `target` (pairs per head,
-// or -1) caps the sizes at the largest x that fits.
-inline prefill_selection vs_select(const prefill_inputs& in, const vs_config& cfg,
-                                   index_t target, const char* policy) {
+// or -1) caps the sizes (see the budget note above).
+inline prefill_selection vs_select(const prefill_inputs& in, const vs_config& cfg, index_t target,
+                                   const char* policy) {
   prefill_selection sel = in.empty_selection(vs_block, vs_block);
   const index_t P = in.offset() + in.q_tokens();
   const index_t A = std::min(cfg.approximation, in.q_tokens());
@@ -231,9 +249,17 @@ inline prefill_selection vs_select(const prefill_inputs& in, const vs_config& cf
       vs_convert(v, s, sel, h);
       return;
     }
-    const auto v_order = rank_all(vert.data(), P), d_order = rank_all(diag.data(), P);
+    // Best-first orders, ranked as far as the search needs (top 4096, then everything).
+    index_t ranked = std::min<index_t>(P, 4096);
+    auto v_order = rank_top(vert.data(), P, ranked), d_order = rank_top(diag.data(), P, ranked);
     auto pairs_at = [&](index_t x) {
-      vs_pick(v_order, d_order, std::clamp(x, fc, nv), std::clamp(x, fo, ns), P, v, s);
+      const index_t xv = std::clamp(x, fc, nv), xs = std::clamp(x, fo, ns);
+      if (std::max(xv, xs) > ranked) {
+        ranked = P;
+        v_order = rank_top(vert.data(), P, P);
+        d_order = rank_top(diag.data(), P, P);
+      }
+      vs_pick(v_order, d_order, xv, xs, P, v, s);
       vs_convert(v, s, sel, h);
       return sel.head_pairs(h);
     };
@@ -250,9 +276,13 @@ inline prefill_selection vs_select(const prefill_inputs& in, const vs_config& cf
     }
     hi = std::min(hi, top);
     if (hi == top && pairs_at(top) <= target) lo = top;
-    while (hi - lo > 1) {  // pairs_at(lo) fits, pairs_at(hi) does not
+    // pairs_at(lo) fits, pairs_at(hi) does not; a size within 1/64 of the largest is enough.
+    while (hi - lo > std::max<index_t>(1, lo / 64)) {
       const index_t mid = lo + (hi - lo) / 2;
-      if (pairs_at(mid) <= target) lo = mid; else hi = mid;
+      if (pairs_at(mid) <= target)
+        lo = mid;
+      else
+        hi = mid;
     }
     pairs_at(lo);
   });
@@ -291,5 +321,7 @@ struct vertical_slash {
     return detail::vs_select(in, cfg, target, "vertical_slash");
   }
 };
+
+static_assert(prefill_policy<vertical_slash>);
 
 }  // namespace spattn::policies

@@ -8,8 +8,8 @@
 //     columns - sorted extra key columns not covered by any of the block's key blocks.
 //
 // Query token t sits at position q_offset + t and may see keys [0, q_offset + t] (causal). Blocks
-// may reach past a query's position or past k_tokens; those keys are masked (the kernel clips them),
-// so only pairs with key <= query position are ever computed. The FLOPs of the attention are
+// may reach past a query's position or past k_tokens; those keys are masked (the kernel clips
+// them), so only pairs with key <= query position are ever computed. The FLOPs of the attention are
 // 4 * head_dim per computed pair (Q.K and P.V); the policy's importance estimation reports its own
 // FLOPs in estimation_flops, kept apart.
 #include <algorithm>
@@ -31,15 +31,15 @@ struct prefill_selection {
     friend bool operator==(const entry&, const entry&) = default;
   };
 
-  index_t heads = 0;     // query heads
-  index_t q_tokens = 0;  // queries
-  index_t k_tokens = 0;  // keys (>= q_offset + q_tokens)
-  index_t q_offset = 0;  // position of query 0
-  index_t head_dim = 0;  // for FLOP reporting
-  index_t block_q = 64;  // query tokens per query block: divides 64 or is a multiple of 64
-  index_t block_k = 64;  // keys per key block
-  std::vector<entry> entries;    // [heads][q_blocks()], head-major
-  double estimation_flops = 0;   // FLOPs the policy spent estimating importance
+  index_t heads = 0;            // query heads
+  index_t q_tokens = 0;         // queries
+  index_t k_tokens = 0;         // keys (>= q_offset + q_tokens)
+  index_t q_offset = 0;         // position of query 0
+  index_t head_dim = 0;         // for FLOP reporting
+  index_t block_q = 64;         // query tokens per query block: divides 64 or is a multiple of 64
+  index_t block_k = 64;         // keys per key block
+  std::vector<entry> entries;   // [heads][q_blocks()], head-major
+  double estimation_flops = 0;  // FLOPs the policy spent estimating importance
 
   prefill_selection() = default;
   prefill_selection(index_t heads_, index_t q_tokens_, index_t k_tokens_, index_t q_offset_,
@@ -180,10 +180,16 @@ struct prefill_selection {
 
  private:
   std::size_t index_of(index_t h, index_t b) const {
-    require(h >= 0 && h < heads, "selection head", detail::concat("in [0, ", heads, ")"), h);
-    require(b >= 0 && b < q_blocks(), "selection query block",
-            detail::concat("in [0, ", q_blocks(), ")"), b);
-    return static_cast<std::size_t>(h * q_blocks() + b);
+    const index_t nb = q_blocks();
+    if (h < 0 || h >= heads) {
+      throw error(
+          detail::concat("argument 'selection head': expected in [0, ", heads, "), got ", h));
+    }
+    if (b < 0 || b >= nb) {
+      throw error(
+          detail::concat("argument 'selection query block': expected in [0, ", nb, "), got ", b));
+    }
+    return static_cast<std::size_t>(h * nb + b);
   }
 
   void check_shape() const {
@@ -201,35 +207,42 @@ struct prefill_selection {
   void validate_entry(index_t h, index_t b) const {
     const entry& e = at(h, b);
     const index_t last = last_position(b);
-    const std::string where = detail::concat("selection head ", h, " query block ", b);
+    // Messages are built only on failure (validation runs on every kernel call).
+    auto fail = [&](const char* what, const std::string& expected, index_t given) {
+      throw error(detail::concat("argument 'selection head ", h, " query block ", b, " ", what,
+                                 "': expected ", expected, ", got ", given));
+    };
     for (std::size_t i = 0; i < e.blocks.size(); ++i) {
       const index_t s = e.blocks[i];
-      require(s >= 0, (where + " blocks").c_str(), "start columns >= 0", s);
-      require(s <= last, (where + " blocks").c_str(),
-              detail::concat("causal start columns <= the block's last query position (", last,
-                             ")"),
-              s);
-      if (i > 0) {
-        require(s >= e.blocks[i - 1] + block_k, (where + " blocks").c_str(),
-                detail::concat("sorted, non-overlapping starts (>= ", e.blocks[i - 1] + block_k,
-                               " after ", e.blocks[i - 1], ")"),
-                s);
+      if (s < 0) fail("blocks", "start columns >= 0", s);
+      if (s > last) {
+        fail("blocks",
+             detail::concat("causal start columns <= the block's last query position (", last, ")"),
+             s);
+      }
+      if (i > 0 && s < e.blocks[i - 1] + block_k) {
+        fail("blocks",
+             detail::concat("sorted, non-overlapping starts (>= ", e.blocks[i - 1] + block_k,
+                            " after ", e.blocks[i - 1], ")"),
+             s);
       }
     }
     std::size_t bi = 0;
     for (std::size_t i = 0; i < e.columns.size(); ++i) {
       const index_t c = e.columns[i];
-      require(c >= 0, (where + " columns").c_str(), "columns >= 0", c);
-      require(c <= last, (where + " columns").c_str(),
-              detail::concat("causal columns <= the block's last query position (", last, ")"), c);
-      if (i > 0) {
-        require(c > e.columns[i - 1], (where + " columns").c_str(),
-                detail::concat("sorted, unique columns (> ", e.columns[i - 1], ")"), c);
+      if (c < 0) fail("columns", "columns >= 0", c);
+      if (c > last) {
+        fail("columns",
+             detail::concat("causal columns <= the block's last query position (", last, ")"), c);
+      }
+      if (i > 0 && c <= e.columns[i - 1]) {
+        fail("columns", detail::concat("sorted, unique columns (> ", e.columns[i - 1], ")"), c);
       }
       while (bi < e.blocks.size() && e.blocks[bi] + block_k <= c) ++bi;
-      require(!(bi < e.blocks.size() && e.blocks[bi] <= c), (where + " columns").c_str(),
-              "columns outside the key blocks",
-              detail::concat(c, " (inside block ", bi < e.blocks.size() ? e.blocks[bi] : -1, ")"));
+      if (bi < e.blocks.size() && e.blocks[bi] <= c) {
+        fail("columns", detail::concat("columns outside the key blocks (block ", e.blocks[bi], ")"),
+             c);
+      }
     }
   }
 };
