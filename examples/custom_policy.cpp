@@ -1,34 +1,12 @@
-// A user-defined sparse prefill policy: a plain struct with name() and select(). This one keeps,
-// for every 64-query block, the first key block (attention sink), the two most recent key blocks
-// and every `stride`-th block in between. The library's one sparse kernel runs it; no new kernel.
+// A user-defined sparse prefill policy (examples/strided_policy.hpp: a plain struct with name() and
+// select()) run through the library's one sparse kernel: no new kernel. spattn-compare lists it
+// as `strided` (tools/compare_methods.hpp).
 #include <cstdio>
 #include <spattn/kernels/prefill.hpp>
 #include <spattn/kernels/sparse_prefill.hpp>
-#include <spattn/policies/prefill_policy.hpp>
 #include <vector>
 
-struct strided_policy {
-  long stride = 8;
-
-  std::string name() const { return "strided"; }
-
-  spattn::prefill_selection select(const spattn::prefill_inputs& in,
-                                   const spattn::budget& b) const {
-    spattn::require(b.is_default(), "budget", "the policy default", b.describe());
-    spattn::prefill_selection sel = in.empty_selection(64, 64);
-    for (long h = 0; h < sel.heads; ++h) {
-      for (long qb = 0; qb < sel.q_blocks(); ++qb) {
-        const long diag = sel.last_position(qb) / 64;  // key block holding the last query
-        for (long kb = 0; kb <= diag; ++kb) {
-          if (kb == 0 || kb >= diag - 1 || kb % stride == 0)
-            sel.at(h, qb).blocks.push_back(kb * 64);
-        }
-      }
-    }
-    return sel;
-  }
-};
-static_assert(spattn::prefill_policy<strided_policy>);
+#include "strided_policy.hpp"
 
 #ifndef SPATTN_EXAMPLE_NO_MAIN
 int main() {

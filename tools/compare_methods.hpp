@@ -1,50 +1,41 @@
 #pragma once
 // spattn-compare's method abstraction. A method is a name plus a function that, for one problem
 // (an input and a phase) and one budget, returns what it computed as key sets, what that cost
-// (measured time, estimation FLOPs) and, optionally, the output its kernel produced.
+// (measured time, estimation time and FLOPs) and, optionally, the output its kernel produced.
 //
-// Adding a policy (issues 4 and 5) is a run function plus one entry in builtin_methods(), e.g.
-// (checked against the draft vertical_slash policy and sparse_prefill kernel):
+// Adding a prefill policy (any type satisfying spattn::prefill_policy, a user's plain struct
+// included) is one line in builtin_methods():
 //
-//   inline method_run run_vertical_slash(const problem& p, const budget& b) {
-//     method_run r;
-//     std::shared_ptr<const prefill_selection> sel;
-//     r.out.assign(static_cast<std::size_t>(p.q_tokens * p.heads() * p.head_dim()), 0.0f);
-//     with_storage_type(p.type(), [&](auto tag) {
-//       using T = decltype(tag);
-//       const auto q = p.q().as<T>(), k = p.k().as<T>(), v = p.v().as<T>();
-//       tensor_view<float> o(r.out.data(), p.q_tokens, p.heads(), p.head_dim());
-//       attention_options opt;
-//       opt.exec = p.exec;
-//       r.seconds = time_best(p.reps, [&] {  // selection (estimation) + kernel, as a user pays
-//         prefill_inputs in{p.q(), p.k(), p.q_offset, 0.0f, p.exec};
-//         sel = std::make_shared<const prefill_selection>(policies::vertical_slash{}.select(in,
-//         b)); sparse_prefill(q, k, v, o, *sel, {}, opt);
-//       });
-//     });
-//     r.keys = keys_from_prefill_selection(sel);
-//     r.computed_pairs = static_cast<double>(sel->pairs());
-//     r.estimation_flops = sel->estimation_flops;
-//     return r;  // optionally r.save_selection = [sel](const path& dir) { native .npy format }
-//   }
-//   m.push_back({"vertical-slash", "...", /*prefill=*/true, /*decode=*/false,
-//                /*uses_budget=*/true, run_vertical_slash});
+//   m.push_back(prefill_method(policies::vertical_slash{}, "vertical-slash", "description"));
+//   m.push_back(prefill_method(strided_policy{}));  // name from policy.name()
 //
-// Decode methods fill r.keys for each of the phase's decode steps (keys_from_table) and time the
-// last step; r.out then holds that step's output with r.out_first = p.q_tokens - 1.
-// Everything else (density, FLOPs, accuracy against dense, needle recall, tables, CSV/JSON,
-// selections as .npy) is done by the tool from those fields.
+// prefill_method() wraps run_prefill_policy(), which times what a user pays: the policy's
+// select() (its importance estimation, also timed on its own) followed by sparse_prefill() over
+// that selection; reports density and FLOPs from the selection (estimation FLOPs from its
+// estimation_flops), its key sets for the accuracy metrics, the kernel output (checked against
+// those key sets) and the selection in its native .npy format for --save-selections. A budget the
+// policy refuses (spattn::error from select(), e.g. below its forced parts or a coverage budget for
+// a fixed pattern) becomes budget_not_met: reported in the results, not fatal.
+//
+// Other methods write a run function by hand (see run_dense). Decode methods fill r.keys for each
+// of the phase's decode steps (keys_from_table) and time the last step; r.out then holds that
+// step's output with r.out_first = p.q_tokens - 1. Everything else (density, FLOPs, accuracy
+// against dense, needle recall, tables, CSV/JSON, selections as .npy) is done by the tool from
+// those fields.
 #include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <filesystem>
 #include <functional>
 #include <memory>
+#include <stdexcept>
 #include <string>
 #include <utility>
 #include <vector>
 
+#include "../examples/strided_policy.hpp"  // a user-defined policy, shared with the example
 #include "spattn/eval/metrics.hpp"
+#include "spattn/eval/npy.hpp"
 #include "spattn/eval/synthetic.hpp"
 #include "spattn/spattn.hpp"
 
@@ -134,14 +125,21 @@ struct problem {
 
 // What a method returns for one problem and budget.
 struct method_run {
-  key_set_fn keys;              // required: (query head, q token of the phase) -> sorted keys
-  double computed_pairs = -1;   // < 0: counted from `keys`
-  double estimation_flops = 0;  // FLOPs spent estimating importance (selection), not attention
-  double seconds = 0;           // measured (median): selection + kernel, as a user would pay
-  std::vector<float> out;       // optional kernel output, [q_tokens - out_first, heads, head_dim]
-  index_t out_first = 0;        // first q token `out` covers
-  std::string budget_note;      // e.g. the window chosen for a compression budget
+  key_set_fn keys;                 // required: (query head, q token of the phase) -> sorted keys
+  double computed_pairs = -1;      // < 0: counted from `keys`
+  double estimation_flops = 0;     // FLOPs spent estimating importance (selection), not attention
+  double seconds = 0;              // measured (fastest call): selection + kernel, as a user pays
+  double estimation_seconds = -1;  // of that, the selection alone (fastest call); < 0: none
+  std::vector<float> out;   // optional kernel output, [q_tokens - out_first, heads, head_dim]
+  index_t out_first = 0;    // first q token `out` covers
+  std::string budget_note;  // e.g. the window chosen for a compression budget
   std::function<void(const std::filesystem::path&)> save_selection;  // optional native format
+};
+
+// Raised by a method for a budget it cannot meet or has no form for: the tool reports the run as
+// "not met" (with this message) and goes on.
+struct budget_not_met : std::runtime_error {
+  using std::runtime_error::runtime_error;
 };
 
 struct method {
@@ -236,145 +234,119 @@ inline method_run run_dense(const problem& p, const budget&) {
 }
 
 // ---------------------------------------------------------------------------------------------
-// a-shape-builtin: a BUILT-IN BASELINE, not the library's A-shape / StreamingLLM policy (issue 4/5
-// replace it with policies/a_shape.hpp and policies/streaming_llm.hpp). It is expressed with the
-// dense kernels only:
-//  prefill: queries in chunk [c0, c0 + C) (C = max(64, W)) see keys [max(0, c0 - W), t] plus the
-//           first 4 sink tokens: one causal prefill() per chunk on the key slice, one non-causal
-//           prefill() on the sinks, merged with merge_states(). So a query sees between W and
-//           W + C recent keys: the key set reported is exactly what the kernels computed.
-//  decode:  a StreamingLLM-like cache: 4 sinks + the last W tokens (contiguous copy, made
-//           outside the timing, as an eviction cache would hold it); one decode() step.
-// The window W (a multiple of 64 in prefill) is the largest that fits the budget's pairs.
+// Prefill policies: one generic adapter for every type satisfying spattn::prefill_policy.
 
-inline constexpr index_t baseline_sinks = 4;
-
-// Key set of the prefill baseline for query position `pos`.
-inline std::vector<index_t> a_shape_prefill_keys(index_t pos, index_t window, index_t chunk) {
-  const index_t c0 = pos / chunk * chunk, s = std::max<index_t>(0, c0 - window);
-  std::vector<index_t> ks;
-  for (index_t j = 0; j < std::min(baseline_sinks, s); ++j) ks.push_back(j);
-  for (index_t j = s; j <= pos; ++j) ks.push_back(j);
-  return ks;
-}
-
-inline double a_shape_prefill_pairs(index_t tokens, index_t window, index_t chunk) {
-  double n = 0;
-  for (index_t c0 = 0; c0 < tokens; c0 += chunk) {
-    const index_t s = std::max<index_t>(0, c0 - window), c1 = std::min(tokens, c0 + chunk);
-    const double sinks = static_cast<double>(std::min(baseline_sinks, s));
-    for (index_t t = c0; t < c1; ++t) n += sinks + static_cast<double>(t - s + 1);
+// The selection's native format, written by --save-selections next to the key sets (documented
+// in spattn-compare --help and the README). Entry e = h * q_blocks + b is query head h, query
+// block b (query tokens [b * block_q, (b + 1) * block_q), positions from q_offset):
+//   layout.npy         int64 [7]  heads, q_tokens, k_tokens, q_offset, q_blocks, block_q, block_k
+//   block_offsets.npy  int64 [heads * q_blocks + 1]  CSR offsets into block_starts
+//   block_starts.npy   int64 [nb]  key-block start columns of entry e:
+//                      block_starts[block_offsets[e] : block_offsets[e + 1]], each block covering
+//                      keys [start, start + block_k)
+//   column_offsets.npy int64 [heads * q_blocks + 1]  CSR offsets into columns
+//   columns.npy        int64 [nc]  extra key columns of entry e, outside its blocks
+// Keys past a query's own position are masked (causal), as the kernel does.
+inline void save_prefill_selection(const std::filesystem::path& dir, const prefill_selection& s) {
+  std::filesystem::create_directories(dir);
+  std::vector<std::int64_t> boff{0}, starts, coff{0}, cols;
+  for (const auto& e : s.entries) {  // head-major: e = h * q_blocks + b
+    starts.insert(starts.end(), e.blocks.begin(), e.blocks.end());
+    cols.insert(cols.end(), e.columns.begin(), e.columns.end());
+    boff.push_back(static_cast<std::int64_t>(starts.size()));
+    coff.push_back(static_cast<std::int64_t>(cols.size()));
   }
-  return n;
-}
-
-// Keys a budget allows per head for `q_tokens` queries: its pair count.
-inline double budget_pairs(const budget& b, index_t q_tokens, index_t k_tokens, index_t q_offset) {
-  const double causal = eval::causal_pairs(q_tokens, k_tokens, q_offset);
-  if (b.kind() == budget_kind::ratio) return b.value() * causal;
-  if (b.kind() == budget_kind::tokens) return b.value() * static_cast<double>(q_tokens);
-  throw error(spattn::detail::concat(
-      "argument 'budget': expected a compression, kept fraction or token budget for "
-      "a-shape-builtin, got ",
-      b.describe()));
-}
-
-inline method_run run_a_shape_builtin(const problem& p, const budget& b) {
-  method_run r;
-  const index_t T = p.tokens(), H = p.heads(), D = p.head_dim();
-  const double target = budget_pairs(b, p.q_tokens, T, p.q_offset);
-  attention_options opt;
-  opt.exec = p.exec;
-  if (p.ph == phase::prefill) {
-    index_t window = 64;
-    auto chunk_of = [](index_t w) { return std::max<index_t>(64, w); };
-    while (window + 64 < T &&
-           a_shape_prefill_pairs(T, window + 64, chunk_of(window + 64)) <= target)
-      window += 64;
-    const index_t chunk = chunk_of(window);
-    const bool reachable = a_shape_prefill_pairs(T, window, chunk) <= target;
-    r.budget_note =
-        spattn::detail::concat("window ", window, " chunk ", chunk, " sinks ", baseline_sinks,
-                               reachable ? "" : " (budget below the smallest window: not met)");
-    r.keys = [window, chunk](index_t, index_t t) { return a_shape_prefill_keys(t, window, chunk); };
-    r.computed_pairs = static_cast<double>(H) * a_shape_prefill_pairs(T, window, chunk);
-    r.out.assign(static_cast<std::size_t>(T * H * D), 0.0f);
-    std::vector<float> o_sink(static_cast<std::size_t>(chunk * H * D)),
-        l_sink(static_cast<std::size_t>(chunk * H)), l_win(static_cast<std::size_t>(chunk * H));
-    std::vector<float> o_win(static_cast<std::size_t>(chunk * H * D));
-    with_storage_type(p.type(), [&](auto tag) {
-      using X = decltype(tag);
-      const auto q = p.q().as<X>(), k = p.k().as<X>(), v = p.v().as<X>();
-      r.seconds = time_best(p.reps, [&] {
-        for (index_t c0 = 0; c0 < T; c0 += chunk) {
-          const index_t n = std::min(chunk, T - c0), s = std::max<index_t>(0, c0 - window);
-          const auto qc = q.slice_tokens(c0, n);
-          tensor_view<float> out(r.out.data() + c0 * H * D, n, H, D);
-          attention_options o = opt;
-          o.q_offset = c0 - s;
-          const index_t sinks = std::min(baseline_sinks, s);
-          if (sinks == 0) {
-            prefill(qc, k.slice_tokens(s, c0 + n - s), v.slice_tokens(s, c0 + n - s), out, {}, o);
-            continue;
-          }
-          tensor_view<float> ow(o_win.data(), n, H, D), os(o_sink.data(), n, H, D);
-          lse_view lw(l_win.data(), n, H), ls(l_sink.data(), n, H);
-          prefill(qc, k.slice_tokens(s, c0 + n - s), v.slice_tokens(s, c0 + n - s), ow, lw, o);
-          attention_options full = opt;
-          full.causal = false;
-          full.q_offset = -1;
-          prefill(qc, k.slice_tokens(0, sinks), v.slice_tokens(0, sinks), os, ls, full);
-          merge_states(as_const(ow), lw, as_const(os), ls, out, lse_view{});
-        }
-      });
-    });
-    return r;
-  }
-  // decode: sinks + the last W keys of the final step; W from the budget's pairs per step.
-  const index_t window = std::clamp<index_t>(
-      static_cast<index_t>(target / static_cast<double>(p.q_tokens)) - baseline_sinks, 1,
-      T - baseline_sinks);
-  const index_t off = p.q_offset;
-  r.budget_note = spattn::detail::concat("window ", window, " sinks ", baseline_sinks);
-  r.keys = [window, off](index_t, index_t t) {
-    const index_t pos = off + t;
-    std::vector<index_t> ks;
-    for (index_t j = 0; j < std::min(baseline_sinks, pos + 1); ++j) ks.push_back(j);
-    for (index_t j = std::max(baseline_sinks, pos - window + 1); j <= pos; ++j) ks.push_back(j);
-    return ks;
+  const std::vector<std::int64_t> layout{s.heads,      s.q_tokens, s.k_tokens, s.q_offset,
+                                         s.q_blocks(), s.block_q,  s.block_k};
+  auto write = [&](const char* file, const std::vector<std::int64_t>& x) {
+    eval::write_npy<std::int64_t>(dir / file, std::vector<index_t>{static_cast<index_t>(x.size())},
+                                  x);
   };
-  r.out.assign(static_cast<std::size_t>(H * D), 0.0f);
-  r.out_first = p.q_tokens - 1;
+  write("layout.npy", layout);
+  write("block_offsets.npy", boff);
+  write("block_starts.npy", starts);
+  write("column_offsets.npy", coff);
+  write("columns.npy", cols);
+}
+
+// Runs `policy` on a prefill problem: select() then sparse_prefill(), timed together (and select()
+// alone) as a user pays them. A budget the policy refuses raises budget_not_met.
+template <prefill_policy P>
+method_run run_prefill_policy(const P& policy, const problem& p, const budget& b) {
+  require(p.ph == phase::prefill, "phase", "prefill (a prefill policy)", phase_name(p.ph));
+  using clock = std::chrono::steady_clock;
+  method_run r;
+  const index_t H = p.heads(), D = p.head_dim();
+  prefill_inputs in{p.q(), p.k(), p.q_offset, 0.0f, p.exec};
+  std::shared_ptr<const prefill_selection> sel;
+  double select_best = 1e300;
+  r.out.assign(static_cast<std::size_t>(p.q_tokens * H * D), 0.0f);
   with_storage_type(p.type(), [&](auto tag) {
-    using X = decltype(tag);
-    const auto q = p.q().as<X>(), k = p.k().as<X>(), v = p.v().as<X>();
-    // The compact cache of the last step: sinks then positions [T - window, T).
-    const index_t kept = baseline_sinks + window, HK = p.kv_heads();
-    std::vector<X> kc(static_cast<std::size_t>(kept * HK * D)), vc(kc.size());
-    for (index_t i = 0; i < kept; ++i) {
-      const index_t j = i < baseline_sinks ? i : T - window + (i - baseline_sinks);
-      for (index_t h = 0; h < HK; ++h) {
-        std::copy_n(k.row(j, h), D, kc.data() + (i * HK + h) * D);
-        std::copy_n(v.row(j, h), D, vc.data() + (i * HK + h) * D);
+    using T = decltype(tag);
+    const auto q = p.q().as<T>(), k = p.k().as<T>(), v = p.v().as<T>();
+    tensor_view<float> o(r.out.data(), p.q_tokens, H, D);
+    attention_options opt;
+    opt.exec = p.exec;
+    r.seconds = time_best(p.reps, [&] {
+      const auto t0 = clock::now();
+      std::shared_ptr<const prefill_selection> s;
+      // select() raises for a budget it cannot meet; it is deterministic, so that happens on the
+      // first (warm-up) call, before anything is timed.
+      try {
+        s = std::make_shared<const prefill_selection>(policy.select(in, b));
+      } catch (const error& e) {
+        throw budget_not_met(e.what());
       }
-    }
-    tensor_view<const X> kcv(kc.data(), kept, HK, D), vcv(vc.data(), kept, HK, D);
-    tensor_view<float> o(r.out.data(), 1, H, D);
-    const auto q1 = q.slice_tokens(p.q_tokens - 1, 1);
-    r.seconds = time_best(p.reps, [&] { decode(q1, kcv, vcv, o, {}, opt); });
+      select_best = std::min(select_best, std::chrono::duration<double>(clock::now() - t0).count());
+      sparse_prefill(q, k, v, o, *s, {}, opt);
+      sel = std::move(s);
+    });
   });
+  r.estimation_seconds = select_best;
+  r.keys = keys_from_prefill_selection(sel);
+  r.computed_pairs = static_cast<double>(sel->pairs());
+  r.estimation_flops = sel->estimation_flops;
+  r.budget_note = spattn::detail::concat(sel->block_q, "x", sel->block_k, " blocks: block density ",
+                                         sel->block_density());
+  r.save_selection = [sel](const std::filesystem::path& dir) { save_prefill_selection(dir, *sel); };
   return r;
 }
 
-// The registry. Policies from issues 4 and 5 are added here as they land.
+// A prefill method from any policy: one line in builtin_methods(). The name defaults to
+// policy.name(); uses_budget = false runs it once per input with the policy default.
+template <prefill_policy P>
+method prefill_method(P policy, std::string name = {}, std::string description = {},
+                      bool uses_budget = true) {
+  if (name.empty()) name = policy.name();
+  if (description.empty()) description = "prefill policy '" + policy.name() + "' (user-defined)";
+  return {std::move(name),
+          std::move(description),
+          /*prefill=*/true,
+          /*decode=*/false,
+          uses_budget,
+          [policy](const problem& p, const budget& b) { return run_prefill_policy(policy, p, b); }};
+}
+
+// The registry. Decode policies (issue 5) are added here as they land.
 inline std::vector<method> builtin_methods() {
   std::vector<method> m;
   m.push_back({"dense", "dense causal attention (kernels/prefill.hpp, kernels/decode.hpp)", true,
                true, false, run_dense});
-  m.push_back({"a-shape-builtin",
-               "BUILT-IN BASELINE: 4 sinks + local window on the dense kernels (to be replaced by "
-               "the A-shape / StreamingLLM policies)",
-               true, true, true, run_a_shape_builtin});
+  m.push_back(prefill_method(policies::dense{}, "dense-policy",
+                             "policies::dense through select() + sparse_prefill(): the sparse "
+                             "path's cost at full density (policy default only)",
+                             /*uses_budget=*/false));
+  m.push_back(prefill_method(policies::a_shape{}, "a-shape",
+                             "policies::a_shape: 4 sinks + local window per 64-query block"));
+  m.push_back(prefill_method(policies::vertical_slash{}, "vertical-slash",
+                             "policies::vertical_slash: top key columns + diagonals from the last "
+                             "256 queries (MInference index conversion)"));
+  m.push_back(prefill_method(policies::block_sparse{}, "block-sparse",
+                             "policies::block_sparse: top 16-token chunks by mean-pooled Q.K"));
+  m.push_back(prefill_method(policies::flexprefill{}, "flexprefill",
+                             "policies::flexprefill: vertical-slash sized by attention-mass "
+                             "coverage (alpha 0.65, min 512); coverage:F budgets set alpha"));
+  m.push_back(prefill_method(strided_policy{}));  // a user's policy: examples/strided_policy.hpp
   return m;
 }
 

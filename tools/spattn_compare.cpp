@@ -6,7 +6,9 @@
 //
 // Output folder (--out, default results/), written atomically (a temporary sibling folder renamed
 // into place at the end; on error nothing is left behind and an existing folder is untouched):
-//   results.csv     one row per input x phase x method x budget (columns: see csv_header below)
+//   results.csv     one row per input x phase x method x budget (columns: see csv_header below);
+//                   status "ok", or "not met" for a budget the method cannot meet (budget_note
+//                   says why; no measurements), or "error"
 //   results.json    the same plus the configuration, per-needle results and (--per-head) per head
 //   per_head.csv    with --per-head: mass recall and output error per query head
 //   frontier.png    with --plot: speedup (x) against accuracy (y), one line per method
@@ -17,7 +19,16 @@
 //                                                decode_queries in decode)
 //                   offsets.npy int64 [H*R + 1]  CSR offsets: keys of (query head h, row i) are
 //                   keys.npy    int64 [nnz]      keys[offsets[h*R + i] : offsets[h*R + i + 1]]
-//                   plus the method's own native format when it has one.
+//                   plus the method's own native format when it has one; prefill policies:
+//                   layout.npy          int64 [7] heads, q_tokens, k_tokens, q_offset, q_blocks,
+//                                       block_q, block_k
+//                   block_offsets.npy   int64 [heads*q_blocks + 1]  CSR offsets (entry
+//                   block_starts.npy    int64 [nb]  e = h*q_blocks + b: query head h, query block
+//                                       b): key blocks [start, start + block_k) of entry e are
+//                                       block_starts[block_offsets[e] : block_offsets[e + 1]]
+//                   column_offsets.npy  int64 [heads*q_blocks + 1]  CSR offsets, likewise
+//                   columns.npy         int64 [nc]  extra key columns of entry e
+//                   (tools/compare_methods.hpp, save_prefill_selection).
 //
 // Input folder (--input DIR): q.npy, k.npy, v.npy, or layerNN_q.npy / layerNN_k.npy /
 // layerNN_v.npy for several layers (tools/export_qkv.py writes these): little-endian '<f4' or
@@ -268,8 +279,11 @@ std::vector<input> folder_inputs(const options& o, index_t max_tokens, dtype ty)
 
 struct result_row {
   std::string input, phase, method, budget, budget_note, dtype;
+  std::string status = "ok";  // "not met": the method cannot meet the budget (budget_note says
+                              // why); "error": it failed. Such rows have no measurements.
   index_t tokens = 0, heads = 0, kv_heads = 0, head_dim = 0, q_tokens = 0, rows_evaluated = 0;
   double density = 0, attention_flops = 0, estimation_flops = 0, seconds = 0, speedup = 0;
+  double estimation_seconds = -1;  // < 0: the method has no separate estimation
   double rel_error = 0, mass_recall = 0, min_mass_recall = 0, kernel_check = -1;
   index_t needles_found = 0, needles_total = 0;
   std::vector<double> head_recall, head_error;
@@ -277,8 +291,9 @@ struct result_row {
 };
 
 const char* csv_header =
-    "input,phase,method,budget,budget_note,dtype,tokens,heads,kv_heads,head_dim,q_tokens,"
-    "density,attention_gflops,estimation_gflops,total_gflops,time_ms,speedup,rel_error,"
+    "input,phase,method,budget,status,budget_note,dtype,tokens,heads,kv_heads,head_dim,q_tokens,"
+    "density,attention_gflops,estimation_gflops,total_gflops,time_ms,estimation_ms,speedup,"
+    "rel_error,"
     "mass_recall,min_mass_recall,needle_recall,needles_found,needles_total,rows_evaluated,"
     "kernel_vs_selection_error";
 
@@ -290,25 +305,38 @@ std::string csv_field(const std::string& s) {
 }
 
 std::string csv_line(const result_row& r) {
+  if (r.status != "ok")  // no measurements: the shape, the status and why
+    return fmt::format("{},{},{},{},{},{},{},{},{},{},{},{}", csv_field(r.input), r.phase,
+                       csv_field(r.method), r.budget, r.status, csv_field(r.budget_note), r.dtype,
+                       r.tokens, r.heads, r.kv_heads, r.head_dim, r.q_tokens) +
+           std::string(15, ',');  // the 15 measurement columns, empty
   const double needle =
       r.needles_total ? static_cast<double>(r.needles_found) / static_cast<double>(r.needles_total)
                       : NAN;
   return fmt::format(
-      "{},{},{},{},{},{},{},{},{},{},{},{:.6g},{:.6g},{:.6g},{:.6g},{:.6g},{:.6g},{:.6g},{:.6g},"
-      "{:.6g},{},{},{},{},{}",
-      csv_field(r.input), r.phase, csv_field(r.method), r.budget, csv_field(r.budget_note), r.dtype,
-      r.tokens, r.heads, r.kv_heads, r.head_dim, r.q_tokens, r.density, r.attention_flops * 1e-9,
-      r.estimation_flops * 1e-9, (r.attention_flops + r.estimation_flops) * 1e-9, r.seconds * 1e3,
-      r.speedup, r.rel_error, r.mass_recall, r.min_mass_recall,
+      "{},{},{},{},{},{},{},{},{},{},{},{},{:.6g},{:.6g},{:.6g},{:.6g},{:.6g},{},{:.6g},{:.6g},"
+      "{:.6g},{:.6g},{},{},{},{},{}",
+      csv_field(r.input), r.phase, csv_field(r.method), r.budget, r.status,
+      csv_field(r.budget_note), r.dtype, r.tokens, r.heads, r.kv_heads, r.head_dim, r.q_tokens,
+      r.density, r.attention_flops * 1e-9, r.estimation_flops * 1e-9,
+      (r.attention_flops + r.estimation_flops) * 1e-9, r.seconds * 1e3,
+      r.estimation_seconds >= 0 ? fmt::format("{:.6g}", r.estimation_seconds * 1e3) : "", r.speedup,
+      r.rel_error, r.mass_recall, r.min_mass_recall,
       r.needles_total ? fmt::format("{:.6g}", needle) : "", r.needles_found, r.needles_total,
       r.rows_evaluated, r.kernel_check >= 0 ? fmt::format("{:.3g}", r.kernel_check) : "");
 }
 
 json to_json(const result_row& r, bool per_head) {
+  if (r.status != "ok")
+    return {{"input", r.input},       {"phase", r.phase},       {"method", r.method},
+            {"budget", r.budget},     {"status", r.status},     {"budget_note", r.budget_note},
+            {"dtype", r.dtype},       {"tokens", r.tokens},     {"heads", r.heads},
+            {"kv_heads", r.kv_heads}, {"head_dim", r.head_dim}, {"q_tokens", r.q_tokens}};
   json j = {{"input", r.input},
             {"phase", r.phase},
             {"method", r.method},
             {"budget", r.budget},
+            {"status", r.status},
             {"budget_note", r.budget_note},
             {"dtype", r.dtype},
             {"tokens", r.tokens},
@@ -321,6 +349,8 @@ json to_json(const result_row& r, bool per_head) {
             {"estimation_flops", r.estimation_flops},
             {"total_flops", r.attention_flops + r.estimation_flops},
             {"seconds", r.seconds},
+            {"estimation_seconds",
+             r.estimation_seconds >= 0 ? json(r.estimation_seconds) : json(nullptr)},
             {"speedup", r.speedup},
             {"rel_error", r.rel_error},
             {"mass_recall", r.mass_recall},
@@ -342,17 +372,25 @@ json to_json(const result_row& r, bool per_head) {
 }
 
 void print_table(const std::vector<result_row>& rows) {
-  fmt::print("{:<12} {:<8} {:<16} {:>8} {:>8} {:>9} {:>9} {:>9} {:>8} {:>10} {:>8} {:>7}\n",
+  fmt::print("{:<12} {:<8} {:<14} {:>8} {:>8} {:>8} {:>9} {:>9} {:>8} {:>8} {:>10} {:>8} {:>7}\n",
              "input", "phase", "method", "budget", "density", "GFLOP", "est GFLOP", "time ms",
-             "speedup", "rel error", "recall", "needle");
+             "est ms", "speedup", "rel error", "recall", "needle");
   for (const auto& r : rows) {
+    if (r.status != "ok") {
+      fmt::print("{:<12} {:<8} {:<14} {:>8} {}: {}\n", r.input, r.phase, r.method, r.budget,
+                 r.status, r.budget_note);
+      continue;
+    }
     const std::string needle =
         r.needles_total ? fmt::format("{}/{}", r.needles_found, r.needles_total) : "-";
+    const std::string est =
+        r.estimation_seconds >= 0 ? fmt::format("{:.3f}", r.estimation_seconds * 1e3) : "-";
     fmt::print(
-        "{:<12} {:<8} {:<16} {:>8} {:>8.4f} {:>9.3f} {:>9.3f} {:>9.3f} {:>7.2f}x {:>10.3e} "
+        "{:<12} {:<8} {:<14} {:>8} {:>8.4f} {:>8.3f} {:>9.3f} {:>9.3f} {:>8} {:>7.2f}x {:>10.3e} "
         "{:>8.4f} {:>7}\n",
         r.input, r.phase, r.method, r.budget, r.density, r.attention_flops * 1e-9,
-        r.estimation_flops * 1e-9, r.seconds * 1e3, r.speedup, r.rel_error, r.mass_recall, needle);
+        r.estimation_flops * 1e-9, r.seconds * 1e3, est, r.speedup, r.rel_error, r.mass_recall,
+        needle);
   }
 }
 
@@ -440,7 +478,13 @@ struct pending {
   const method* m;
   std::string budget_label;
   method_run run;
+  std::string status = "ok", why;  // "not met" / "error": no run, `why` says why
 };
+
+std::string without_prefix(std::string s) {
+  const std::string prefix = "spattn: ";
+  return s.rfind(prefix, 0) == 0 ? s.substr(prefix.size()) : s;
+}
 
 void compare_problem(const problem& p, const std::vector<const method*>& methods,
                      const std::vector<budget_spec>& budgets, const options& o, const progress& log,
@@ -468,19 +512,29 @@ void compare_problem(const problem& p, const std::vector<const method*>& methods
     const std::vector<budget_spec> once{{"-", budget::policy_default()}};
     for (const auto& b : m->uses_budget ? budgets : once) {
       log(fmt::format("{} {}: {} {}", p.in->name, ph, m->name, b.label));
+      // A budget a method cannot meet (e.g. below its forced parts, or coverage for a fixed
+      // pattern) is reported as such, not fatal; so is a method that fails on this input.
       try {
-        runs.push_back({m, b.label, m->run(p, b.b)});
+        runs.push_back({m, b.label, m->run(p, b.b), "ok", ""});
         trim_output(runs.back().run);
+        continue;
+      } catch (const budget_not_met& e) {
+        runs.push_back({m, b.label, {}, "not met", without_prefix(e.what())});
       } catch (const spattn::error& e) {
-        // A budget a method cannot take (e.g. coverage for a fixed pattern) is skipped, not fatal.
-        log(fmt::format("  skipped: {}", e.what()));
+        runs.push_back({m, b.label, {}, "error", without_prefix(e.what())});
       }
+      log(fmt::format("  {}: {}", runs.back().status, runs.back().why));
     }
   }
-  log(fmt::format("{} {}: accuracy of {} runs on {} query rows (double precision)", p.in->name, ph,
-                  runs.size(), rows.size()));
   std::vector<key_set_fn> sets;
-  for (const auto& r : runs) sets.push_back(r.run.keys);
+  std::vector<std::size_t> set_of(runs.size(), 0);  // index into sets / acc of an ok run
+  for (std::size_t i = 0; i < runs.size(); ++i) {
+    if (runs[i].status != "ok") continue;
+    set_of[i] = sets.size();
+    sets.push_back(runs[i].run.keys);
+  }
+  log(fmt::format("{} {}: accuracy of {} runs on {} query rows (double precision)", p.in->name, ph,
+                  sets.size(), rows.size()));
   std::vector<eval::key_set_accuracy> acc;
   with_storage_type(p.type(), [&](auto tag) {
     using T = decltype(tag);
@@ -493,8 +547,9 @@ void compare_problem(const problem& p, const std::vector<const method*>& methods
   const double causal =
       static_cast<double>(p.heads()) * eval::causal_pairs(p.q_tokens, p.tokens(), p.q_offset);
   const index_t H = p.heads(), D = p.head_dim();
-  for (std::size_t i = 0; i < runs.size(); ++i) {
-    const auto& r = runs[i];
+  for (std::size_t run_i = 0; run_i < runs.size(); ++run_i) {
+    const auto& r = runs[run_i];
+    const std::size_t i = set_of[run_i];
     result_row row;
     row.input = p.in->name;
     row.phase = ph;
@@ -507,6 +562,12 @@ void compare_problem(const problem& p, const std::vector<const method*>& methods
     row.kv_heads = p.kv_heads();
     row.head_dim = D;
     row.q_tokens = p.q_tokens;
+    if (r.status != "ok") {
+      row.status = r.status;
+      row.budget_note = r.why;
+      results.push_back(std::move(row));
+      continue;
+    }
     row.rows_evaluated = static_cast<index_t>(rows.size());
     const double pairs = r.run.computed_pairs >= 0
                              ? r.run.computed_pairs
@@ -516,6 +577,7 @@ void compare_problem(const problem& p, const std::vector<const method*>& methods
     if (p.ph == phase::decode) row.attention_flops /= static_cast<double>(p.q_tokens);  // per step
     row.estimation_flops = r.run.estimation_flops;
     row.seconds = r.run.seconds;
+    row.estimation_seconds = r.run.estimation_seconds;
     row.speedup = r.run.seconds > 0 ? dense_seconds / r.run.seconds : 0.0;
     row.rel_error = acc[i].error.overall;
     row.mass_recall = acc[i].mass_recall;
@@ -722,13 +784,26 @@ int main(int argc, char** argv) {
       "Input folder (--input): q.npy, k.npy, v.npy or layerNN_{q,k,v}.npy, '<f4' or '<f2', shapes\n"
       "[tokens, heads, head_dim] (q) and [tokens, kv_heads, head_dim] (k, v), after RoPE\n"
       "(tools/export_qkv.py writes them). Budgets: N or Nx (compression N), kept:F, tokens:N,\n"
-      "coverage:F, default. Selections (--save-selections): selections/<input>/<phase>/<method>/\n"
-      "<budget>/{rows,offsets,keys}.npy, int64 CSR key lists of the evaluated query rows.",
+      "coverage:F, default (each policy's reference parameters). A budget a method cannot meet\n"
+      "is reported (status 'not met' in the table, CSV and JSON), not fatal.\n\n"
+      "Selections (--save-selections): selections/<input>/<phase>/<method>/<budget>/ holds\n"
+      "  rows.npy, offsets.npy, keys.npy: int64 CSR key lists of the evaluated query rows (keys "
+      "of\n"
+      "    query head h, row i: keys[offsets[h*R+i] : offsets[h*R+i+1]], R = len(rows));\n"
+      "  for prefill policies, the selection itself, per query head h and query block b (entry\n"
+      "  e = h*q_blocks + b, query tokens [b*block_q, (b+1)*block_q)):\n"
+      "    layout.npy: int64 [heads, q_tokens, k_tokens, q_offset, q_blocks, block_q, block_k];\n"
+      "    block_starts.npy + block_offsets.npy: key blocks [s, s+block_k) of entry e are\n"
+      "      block_starts[block_offsets[e] : block_offsets[e+1]];\n"
+      "    columns.npy + column_offsets.npy: extra key columns of entry e, likewise.\n"
+      "  Keys past a query's position are masked (causal).",
       "spattn-compare"};
   options o;
-  app.add_option("--methods", o.methods, "methods to compare (default: all; dense always runs)")
+  app.add_option("--methods", o.methods,
+                 "methods to compare (default: all; dense always runs; see --list-methods)")
       ->delimiter(',');
-  app.add_option("--budgets", o.budgets, "budgets (default 5,10,20: compression factors)")
+  app.add_option("--budgets", o.budgets,
+                 "budgets: N (compression), kept:F, tokens:N, coverage:F, default")
       ->delimiter(',')
       ->capture_default_str();
   app.add_option("--tokens", o.tokens, "sequence length (with --input: use the first N tokens)")

@@ -2,15 +2,20 @@
 # End-to-end test of spattn-compare (run by ctest as compare_tool):
 #   tools/test_compare.sh path/to/spattn-compare
 # Checks --help, bad options and bad files (clear message, non-zero exit, output folder untouched,
-# nothing half-written), a small run's CSV/JSON/selections, and that the .npy inputs the tool
-# saves read back into identical accuracy numbers.
+# nothing half-written), a small run of every method (the prefill policies: kernel output equal to
+# the oracle over their selection, estimation time and FLOPs, budgets they cannot meet reported as
+# "not met" without failing the run), its CSV/JSON, the selections (the native prefill format
+# read back with numpy gives the same key sets as the CSR lists), and that the .npy inputs the
+# tool saves read back into identical accuracy numbers.
 set -euo pipefail
 tool=$(realpath "$1")
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 cd "$work"
 fail() { echo "FAIL: $*" >&2; exit 1; }
-small=(--tokens 256 --heads 4 --kv-heads 2 --head-dim 32 --reps 1 --eval-rows 32 --threads 2)
+# Debian's python3 (numpy, matplotlib) for reading the results; any python3 otherwise.
+py=$(command -v /usr/bin/python3 || command -v python3) || fail "python3 not found"
+small=(--tokens 1024 --heads 4 --kv-heads 2 --head-dim 32 --reps 1 --eval-rows 32 --threads 2)
 
 # expect_error <fragment> <args...>: non-zero exit and the fragment in stderr.
 expect_error() {
@@ -25,7 +30,13 @@ for opt in --methods --budgets --tokens --heads --kv-heads --head-dim --dtype --
            --out --seed --input --save-selections --per-head; do
   grep -qF -- "$opt" help.txt || fail "--help does not mention $opt"
 done
-"$tool" --list-methods | grep -q '^dense' || fail "--list-methods lacks dense"
+"$tool" --list-methods >methods.txt
+for m in dense dense-policy a-shape vertical-slash block-sparse flexprefill strided; do
+  grep -q "^$m " methods.txt || fail "--list-methods lacks $m"
+done
+for word in block_starts block_offsets column_offsets layout.npy "not met" default; do
+  grep -qF -- "$word" help.txt || fail "--help does not document '$word'"
+done
 
 # An existing results folder survives every failing run, and no temporary folder is left.
 mkdir results && echo keep >results/marker
@@ -58,36 +69,134 @@ expect_error "excludes" --input bad --heads 4
 [ "$(cat results/marker)" = keep ] || fail "results/ was modified by a failing run"
 [ -z "$(ls -A . | grep -E '^\.results\.(tmp|old)')" ] || fail "temporary folders left behind"
 
-# A small run: files, row counts, JSON fields, selections and saved inputs.
-"$tool" "${small[@]}" --out results --save-selections --per-head --save-inputs >table.txt 2>log.txt
+# A small run: files, row counts, statuses, JSON fields, selections and saved inputs. Budgets: the
+# policies' defaults, 4x, and a coverage budget that only flexprefill takes (the others report
+# "not met" and the run goes on).
+budgets=(--budgets default,4,coverage:0.9)
+"$tool" "${small[@]}" "${budgets[@]}" --out results --save-selections --per-head --save-inputs \
+  >table.txt 2>log.txt
 [ ! -e results/marker ] || fail "results/ was not replaced"
-grep -q "a-shape-builtin" table.txt || fail "table lacks the baseline"
+for m in dense-policy a-shape vertical-slash block-sparse flexprefill strided; do
+  grep -q "^synthetic *prefill *$m " table.txt || fail "table lacks $m"
+done
+! grep -q "a-shape-builtin" table.txt || fail "the placeholder baseline is still there"
+grep -q "a-shape *cov0.9 *not met: " table.txt || fail "table does not report the unmet budget"
 grep -q "spattn-compare \[" log.txt || fail "no progress lines on stderr"
 lines=$(wc -l <results/results.csv)
-# header + 2 phases x (dense + 3 budgets)
-[ "$lines" -eq 9 ] || fail "results.csv has $lines lines, expected 9"
+# header + prefill (dense, dense-policy once, 5 policies x 3 budgets) + decode (dense)
+[ "$lines" -eq 19 ] || fail "results.csv has $lines lines, expected 19"
 head -1 results/results.csv | grep -q "density,attention_gflops,estimation_gflops" ||
   fail "CSV header"
-grep -q '^synthetic,prefill,dense,-,' results/results.csv || fail "dense prefill row"
+grep -q '^synthetic,prefill,dense,-,ok,' results/results.csv || fail "dense prefill row"
 grep -q '"per_head_mass_recall"' results/results.json || fail "JSON lacks per-head values"
 grep -q '"needles"' results/results.json || fail "JSON lacks needles"
-[ "$(wc -l <results/per_head.csv)" -eq $((1 + 8 * 4)) ] || fail "per_head.csv rows"
+# The CSV, read as CSV (budget notes may hold commas).
+"$py" - results/results.csv results/per_head.csv <<'PY' || fail "results.csv content"
+import csv, sys
+rows = list(csv.DictReader(open(sys.argv[1])))
+def fail(msg):
+    sys.exit("FAIL: " + msg)
+ok = [r for r in rows if r["status"] == "ok"]
+for r in rows:
+    key = (r["phase"], r["method"], r["budget"])
+    if r["status"] != "ok":
+        if r["status"] != "not met" or not r["budget_note"] or r["density"] != "":
+            fail(f"{key}: bad unmet row {r}")
+        continue
+    if r["method"] == "dense" and (float(r["density"]) != 1 or float(r["rel_error"]) != 0
+                                   or float(r["mass_recall"]) != 1):
+        fail(f"{key}: dense is not exact")
+    # every kernel computed exactly the key sets that were scored
+    if r["kernel_vs_selection_error"] == "" or float(r["kernel_vs_selection_error"]) > 1e-4:
+        fail(f"{key}: kernel output differs from its key set: {r['kernel_vs_selection_error']}")
+    policy = r["phase"] == "prefill" and r["method"] != "dense"
+    if policy and (r["estimation_ms"] == "" or float(r["estimation_ms"]) < 0
+                   or float(r["estimation_ms"]) > 2 * float(r["time_ms"])):
+        fail(f"{key}: estimation time {r['estimation_ms']} vs {r['time_ms']}")
+    if policy and "block density" not in r["budget_note"]:
+        fail(f"{key}: budget note {r['budget_note']}")
+    if r["budget"] == "4x" and float(r["density"]) > 0.25 + 1e-9:
+        fail(f"{key}: density {r['density']} over the 4x budget")
+    if r["method"] in ("vertical-slash", "block-sparse", "flexprefill") and \
+            float(r["estimation_gflops"]) <= 0:
+        fail(f"{key}: no estimation FLOPs")
+unmet = {(r["method"], r["budget"]) for r in rows if r["status"] == "not met"}
+for m in ("a-shape", "vertical-slash", "block-sparse", "strided"):
+    if (m, "cov0.9") not in unmet:
+        fail(f"{m} should not meet a coverage budget: {unmet}")
+if ("flexprefill", "cov0.9") in unmet:
+    fail("flexprefill takes coverage budgets")
+heads = int(rows[0]["heads"])
+per_head = list(csv.DictReader(open(sys.argv[2])))
+if len(per_head) != heads * len(ok):
+    fail(f"per_head.csv has {len(per_head)} rows for {len(ok)} runs")
+PY
+grep -q '"status": "not met"' results/results.json || fail "JSON lacks the unmet status"
+grep -q '"estimation_seconds"' results/results.json || fail "JSON lacks estimation_seconds"
+sel=results/selections/synthetic/prefill
 for f in rows offsets keys; do
-  [ -s "results/selections/synthetic/prefill/a-shape-builtin/10x/$f.npy" ] || fail "selection $f"
+  [ -s "$sel/vertical-slash/4x/$f.npy" ] || fail "selection $f"
 done
+for f in layout block_offsets block_starts column_offsets columns; do
+  [ -s "$sel/vertical-slash/4x/$f.npy" ] || fail "native selection $f"
+done
+[ ! -e "$sel/a-shape/cov0.9" ] || fail "a selection was written for an unmet budget"
+# The native format, as documented, gives the same key sets as the CSR key lists.
+if "$py" -c "import numpy" 2>/dev/null; then
+  "$py" - "$sel" <<'PY' || fail "native selections disagree with the key lists"
+import os, sys
+import numpy as np
+root = sys.argv[1]
+checked = 0
+for method in sorted(os.listdir(root)):
+    for budget in sorted(os.listdir(os.path.join(root, method))):
+        d = os.path.join(root, method, budget)
+        if not os.path.exists(os.path.join(d, "layout.npy")):
+            continue
+        heads, q_tokens, k_tokens, q_offset, q_blocks, block_q, block_k = np.load(
+            os.path.join(d, "layout.npy"))
+        boff, starts = np.load(os.path.join(d, "block_offsets.npy")), np.load(
+            os.path.join(d, "block_starts.npy"))
+        coff, cols = np.load(os.path.join(d, "column_offsets.npy")), np.load(
+            os.path.join(d, "columns.npy"))
+        rows, offsets, keys = (np.load(os.path.join(d, f + ".npy")) for f in ("rows", "offsets", "keys"))
+        assert boff.shape == (heads * q_blocks + 1,) and coff.shape == boff.shape
+        R = len(rows)
+        for h in range(heads):
+            for i, t in enumerate(rows):
+                e, pos = h * q_blocks + t // block_q, q_offset + t
+                ks = set()
+                for s in starts[boff[e]:boff[e + 1]]:
+                    ks.update(range(s, min(s + block_k, pos + 1, k_tokens)))
+                ks.update(c for c in cols[coff[e]:coff[e + 1]] if c <= pos)
+                want = keys[offsets[h * R + i]:offsets[h * R + i + 1]]
+                if sorted(ks) != list(want):
+                    sys.exit(f"{method}/{budget}: head {h} row {t} differs")
+        checked += 1
+if checked < 10:
+    sys.exit(f"only {checked} native selections")
+PY
+fi
 for f in q k v needles; do [ -s "results/inputs/synthetic/$f.npy" ] || fail "input $f.npy"; done
-# dense is exact: mass recall 1, error 0, density 1; kernels agree with their key sets.
-awk -F, 'NR > 1 && $3 == "dense" && ($12 != 1 || $18 != 0 || $19 != 1) { exit 1 }' \
-  results/results.csv || fail "dense row is not exact"
-awk -F, 'NR > 1 && $NF != "" && $NF > 1e-4 { exit 1 }' results/results.csv ||
-  fail "a kernel output differs from its key set"
 
 # The saved .npy inputs read back through --input give the same accuracy (same data, f32).
-"$tool" --input results/inputs/synthetic --reps 1 --eval-rows 32 --threads 2 --out again \
-  >/dev/null 2>&1 || fail "reading saved inputs"
-cut -d, -f2-4,12,18,19 results/results.csv >a.txt
-cut -d, -f2-4,12,18,19 again/results.csv >b.txt
+"$tool" --input results/inputs/synthetic --reps 1 --eval-rows 32 --threads 2 "${budgets[@]}" \
+  --out again >/dev/null 2>&1 || fail "reading saved inputs"
+cols() {
+  "$py" -c 'import csv, sys
+for r in csv.DictReader(open(sys.argv[1])):
+    print(r["phase"], r["method"], r["budget"], r["status"], r["density"], r["rel_error"],
+          r["mass_recall"])' "$1"
+}
+cols results/results.csv >a.txt
+cols again/results.csv >b.txt
 diff a.txt b.txt >/dev/null || { diff a.txt b.txt >&2; fail "saved inputs give other numbers"; }
+# The default budgets (5x, 10x, 20x) on a short input: budgets below a policy's forced parts are
+# reported as not met, and the run still succeeds.
+"$tool" --tokens 256 --heads 4 --kv-heads 2 --head-dim 32 --reps 1 --eval-rows 16 --threads 2 \
+  --phase prefill --out short >short.txt 2>/dev/null || fail "short run"
+grep -q "not met" short.txt || fail "short run reports no unmet budget"
+[ "$(grep -c ',not met,' short/results.csv)" -gt 0 ] || fail "short run CSV lacks unmet rows"
 # Layered folders: layerNN_{q,k,v}.npy, --layers picks some.
 mkdir layers
 for l in 00 03; do
@@ -111,6 +220,9 @@ expect_error "must have the same shape" --input layers --layers 0
 cp results/inputs/synthetic/needles.npy layers/layer03_needles.npy
 "$tool" --input layers --layers 3 --phase decode --reps 1 --out lay2 >/dev/null 2>&1 ||
   fail "layer with needles"
-grep -q '^layer03,decode,dense,-,.*,2,2,' lay2/results.csv || fail "needles of layer03 not read"
+# (dense rows have an empty budget note, so plain comma splitting holds: needles_found is column
+# 24, needles_total 25)
+awk -F, '$1 == "layer03" && $2 == "decode" && $3 == "dense" && $25 > 0 && $24 == $25 { found = 1 }
+         END { exit !found }' lay2/results.csv || fail "needles of layer03 not read"
 expect_error "outside the input" --input layers --layers 3 --tokens 64 --decode-queries 4
 echo "compare tool: all checks passed"
