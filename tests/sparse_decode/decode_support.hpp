@@ -49,8 +49,8 @@ template <class TO, class TQ, class TKV>
 void check_against_oracle(const tensor<TQ>& q, const tensor<TKV>& k, const tensor<TKV>& v,
                           const std::function<std::vector<index_t>(index_t)>& keys_of,
                           const tensor<TO>& out, const std::vector<float>& lse) {
-  const auto ref = eval::reference_attention(
-      q.cview(), k.cview(), v.cview(), [&](index_t h, index_t) { return keys_of(h); });
+  const auto ref = eval::reference_attention(q.cview(), k.cview(), v.cview(),
+                                             [&](index_t h, index_t) { return keys_of(h); });
   const auto st = compare<TO>(ref, out.cview(), &lse);
   CHECK(st.all_finite);
   CHECK(st.max_out_err <= out_tolerance<TO>());

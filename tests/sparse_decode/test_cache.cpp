@@ -3,6 +3,7 @@
 #include "decode_support.hpp"
 
 using namespace spattn;
+using namespace spattn::policies;
 using namespace spattn::test;
 
 namespace {
@@ -45,8 +46,8 @@ void check_append_and_summaries(index_t page_size) {
   auto all_v = random_tensor<float>(200, kvh, d, 12);
   // Chunks of varied sizes cross page boundaries at every offset, then single-token steps.
   index_t t = 0;
-  for (const index_t n : {1, 5, 16, 17, 3, 31, 40, 7, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,
-                          1, 1, 64}) {
+  for (const index_t n :
+       {1, 5, 16, 17, 3, 31, 40, 7, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 64}) {
     const auto kv = all_k.cview().slice_tokens(t, n);
     const auto vv = all_v.cview().slice_tokens(t, n);
     c.append(kv, vv);
@@ -56,12 +57,13 @@ void check_append_and_summaries(index_t page_size) {
     check_summaries_match_recomputation<T>(pc.sequence(id));
   }
   REQUIRE(t == 200);
+  const auto kall = all_k.cview(), vall = all_v.cview();
   for (index_t h = 0; h < kvh; ++h) {
     REQUIRE(c.length(h) == 200);
     for (index_t i = 0; i < 200; i += 13) {
       for (index_t x = 0; x < d; ++x) {
-        REQUIRE(to_float(c.key(h, i)[x]) == stored<T>(all_k.cview().row(i, h)[x]));
-        REQUIRE(to_float(c.value(h, i)[x]) == stored<T>(all_v.cview().row(i, h)[x]));
+        REQUIRE(to_float(c.key(h, i)[x]) == stored<T>(kall.row(i, h)[x]));
+        REQUIRE(to_float(c.value(h, i)[x]) == stored<T>(vall.row(i, h)[x]));
         REQUIRE(to_float(pc.sequence(id).key(h, i)[x]) == to_float(c.key(h, i)[x]));
         REQUIRE(to_float(pc.sequence(id).value(h, i)[x]) == to_float(c.value(h, i)[x]));
       }
@@ -140,8 +142,8 @@ TEST_CASE("compaction keeps the selected rows in order and releases memory", "[c
   auto v = random_tensor<float>(n, kvh, d, 6);
   eviction_selection sel;
   sel.lengths = {n, n};
-  sel.keep = {{0, 1, 7, 20, 33, 49}, {3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19,
-                                      20, 21, 40}};
+  sel.keep = {{0, 1, 7, 20, 33, 49},
+              {3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 40}};
   kv_cache<bf16> c(kvh, d);
   paged_cache<bf16> pc(kvh, d, 8);
   const index_t id = pc.add_sequence();
@@ -151,6 +153,7 @@ TEST_CASE("compaction keeps the selected rows in order and releases memory", "[c
   pc.enable_summaries(id, 4);
   c.compact(sel);
   pc.compact(id, sel);
+  const auto kvw = k.cview(), vvw = v.cview();
   for (index_t h = 0; h < kvh; ++h) {
     const auto& keep = sel.keep[static_cast<std::size_t>(h)];
     REQUIRE(c.length(h) == static_cast<index_t>(keep.size()));
@@ -159,8 +162,8 @@ TEST_CASE("compaction keeps the selected rows in order and releases memory", "[c
     REQUIRE(pc.bytes(id, h) == (keep.size() + 7) / 8 * pc.page_bytes());
     for (std::size_t i = 0; i < keep.size(); ++i) {
       for (index_t x = 0; x < d; ++x) {
-        const float want_k = stored<bf16>(k.cview().row(keep[i], h)[x]);
-        const float want_v = stored<bf16>(v.cview().row(keep[i], h)[x]);
+        const float want_k = stored<bf16>(kvw.row(keep[i], h)[x]);
+        const float want_v = stored<bf16>(vvw.row(keep[i], h)[x]);
         REQUIRE(to_float(c.key(h, static_cast<index_t>(i))[x]) == want_k);
         REQUIRE(to_float(c.value(h, static_cast<index_t>(i))[x]) == want_v);
         REQUIRE(to_float(pc.sequence(id).key(h, static_cast<index_t>(i))[x]) == want_k);

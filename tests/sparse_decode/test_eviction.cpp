@@ -3,6 +3,7 @@
 #include "decode_support.hpp"
 
 using namespace spattn;
+using namespace spattn::policies;
 using namespace spattn::test;
 
 namespace {
@@ -14,7 +15,9 @@ struct toy_prompt {
   index_t L, heads, kvh, d = 8;
   tensor<float> q, k;
   toy_prompt(index_t l, index_t h, index_t kv) : L(l), heads(h), kvh(kv), q(l, h, 8), k(l, kv, 8) {}
-  void set_key(index_t t, index_t g, float c) { k.data[static_cast<std::size_t>((t * kvh + g) * d)] = c; }
+  void set_key(index_t t, index_t g, float c) {
+    k.data[static_cast<std::size_t>((t * kvh + g) * d)] = c;
+  }
   void set_query(index_t h, float c) {
     for (index_t t = 0; t < L; ++t) q.data[static_cast<std::size_t>((t * heads + h) * d)] = c;
   }
@@ -29,8 +32,7 @@ struct toy_prompt {
 
 }  // namespace
 
-TEST_CASE("snapkv keeps forced tokens and the pooled neighbourhoods of dominant keys",
-          "[snapkv]") {
+TEST_CASE("snapkv keeps forced tokens and the pooled neighbourhoods of dominant keys", "[snapkv]") {
   // L = 16, window 4 (queries at 12..15 all see every key), kernel 3, prefix 1, local 2.
   // Keys 5 and 9 score 30, the rest 0: each window row puts ~1/2 on each of them, so the pooled
   // importance of 4, 5, 6 and 8, 9, 10 is ~W/6 and every other position's is ~e^-30.
@@ -218,8 +220,8 @@ TEST_CASE("decoding an evicted cache equals the oracle on the kept tokens", "[ev
     check_decode_after_eviction<float>(snap, budget::policy_default(), 400, 8, 2, 64, paged);
     check_decode_after_eviction<bf16>(snap, budget::kept(0.25), 700, 4, 4, 32, paged);
     check_decode_after_eviction<f16>(ada, budget::policy_default(), 500, 8, 4, 64, paged);
-    check_decode_after_eviction<f16>(ada, budget::tokens(100, allocation::adaptive), 600, 8, 2,
-                                     32, paged);
+    check_decode_after_eviction<f16>(ada, budget::tokens(100, allocation::adaptive), 600, 8, 2, 32,
+                                     paged);
     check_decode_after_eviction<float>(streaming_llm{4, 60}, budget::policy_default(), 300, 4, 2,
                                        32, paged);
   }
@@ -251,6 +253,7 @@ TEST_CASE("streaming-llm evicts continuously while decoding", "[streaming_llm][d
   const streaming_llm s{sinks, window};
   kv_cache<f16> c(kvh, d);
   kv_cache<f16> full(kvh, d);
+  const auto kview = k.cview();
   for (index_t t = 0; t < steps; ++t) {
     INFO("step " << t);
     s.append(c, k.cview().slice_tokens(t, 1), v.cview().slice_tokens(t, 1));
@@ -262,16 +265,17 @@ TEST_CASE("streaming-llm evicts continuously while decoding", "[streaming_llm][d
     for (index_t j = 0; j < n; ++j)
       if (j < sinks || j >= n - window) want.push_back(j);
     for (std::size_t i = 0; i < want.size(); ++i)
-      REQUIRE(c.key(1, static_cast<index_t>(i))[3].bits == k.cview().row(want[i], 1)[3].bits);
+      REQUIRE(c.key(1, static_cast<index_t>(i))[3].bits == kview.row(want[i], 1)[3].bits);
     auto q = random_tensor<float>(1, heads, d, static_cast<std::uint64_t>(t));
-    auto [out, lse] = run_decode<float>(q, c, nullptr, 2);
+    auto [out, lse] = run_decode<float>(q, c, nullptr, 1);
     tensor<f16> kn(n, kvh, d), vn(n, kvh, d);
     std::copy_n(k.data.begin(), n * kvh * d, kn.data.begin());
     std::copy_n(v.data.begin(), n * kvh * d, vn.data.begin());
-    check_against_oracle<float>(q, kn, vn, [&](index_t) { return want; }, out, lse);
+    check_against_oracle<float>(
+        q, kn, vn, [&](index_t) { return want; }, out, lse);
     // The mask form over the full cache reads the same tokens: the same bits.
     const auto sel = s.select(make_decode_inputs(q.cview(), full), budget::policy_default());
-    auto [out_mask, lse_mask] = run_decode<float>(q, full, &sel, 2);
+    auto [out_mask, lse_mask] = run_decode<float>(q, full, &sel, 1);
     CHECK(bit_equal(out, out_mask));
   }
 }

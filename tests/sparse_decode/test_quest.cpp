@@ -3,6 +3,7 @@
 #include "decode_support.hpp"
 
 using namespace spattn;
+using namespace spattn::policies;
 using namespace spattn::test;
 
 namespace {
@@ -15,10 +16,10 @@ struct hand_case {
   kv_cache<float> cache{1, d};
   hand_case() {
     const float keys[n][2] = {
-        {1, -2}, {3, 0},  {-1, 1}, {2, 2},   // page 0: min (-1, -2), max (3, 2)
-        {0, 0},  {0, 0},  {0, 0},  {5, -3},  // page 1: min (0, -3),  max (5, 0)
-        {-4, 1}, {-4, 1}, {-2, 4}, {-3, 2},  // page 2: min (-4, 1),  max (-2, 4)
-        {100, 100}};                         // page 3 (current): never scored
+        {1, -2},   {3, 0},  {-1, 1}, {2, 2},   // page 0: min (-1, -2), max (3, 2)
+        {0, 0},    {0, 0},  {0, 0},  {5, -3},  // page 1: min (0, -3),  max (5, 0)
+        {-4, 1},   {-4, 1}, {-2, 4}, {-3, 2},  // page 2: min (-4, 1),  max (-2, 4)
+        {100, 100}};                           // page 3 (current): never scored
     for (index_t t = 0; t < n; ++t) {
       k.data[static_cast<std::size_t>(t * d)] = keys[t][0];
       k.data[static_cast<std::size_t>(t * d + 1)] = keys[t][1];
@@ -70,12 +71,17 @@ TEST_CASE("quest page scores and choice on a hand-computed case", "[quest]") {
   // Decoding the hand selection equals the oracle over tokens 0..3 and 12.
   auto [out, lse] = run_decode<float>(c.q, c.cache, &sel, 1);
   check_against_oracle<float>(
-      c.q, c.k, c.v, [](index_t) { return std::vector<index_t>{0, 1, 2, 3, 12}; }, out, lse);
+      c.q, c.k, c.v,
+      [](index_t) {
+        return std::vector<index_t>{0, 1, 2, 3, 12};
+      },
+      out, lse);
   auto [out2, lse2] = run_decode<float>(c.q, c.cache, &ph, 1);
   check_against_oracle<float>(
       c.q, c.k, c.v,
       [](index_t h) {
-        return h == 0 ? std::vector<index_t>{4, 5, 6, 7, 12} : std::vector<index_t>{8, 9, 10, 11, 12};
+        return h == 0 ? std::vector<index_t>{4, 5, 6, 7, 12}
+                      : std::vector<index_t>{8, 9, 10, 11, 12};
       },
       out2, lse2);
 }
@@ -88,7 +94,8 @@ TEST_CASE("quest's current page is the partial last page, or the full last page"
   kv_cache<float> c(1, d);
   c.append(k.cview(), k.cview());
   c.enable_summaries(4);
-  const auto sel = quest{4, 4, true}.select(make_decode_inputs(q.cview(), c), budget::policy_default());
+  const auto sel =
+      quest{4, 4, true}.select(make_decode_inputs(q.cview(), c), budget::policy_default());
   REQUIRE(sel.pages[0].size() == 2);
   CHECK(sel.pages[0].back() == 3);
   CHECK(sel.pages[0][0] < 3);
@@ -153,7 +160,8 @@ TEST_CASE("quest with a budget covering the whole cache equals dense decode", "[
     cache.append(k.cview(), v.cview());
     cache.enable_summaries(16);
     const index_t budget_tokens = (n + 15) / 16 * 16;
-    const auto sel = quest{}.select(make_decode_inputs(q.cview(), cache), budget::tokens(budget_tokens));
+    const auto sel =
+        quest{}.select(make_decode_inputs(q.cview(), cache), budget::tokens(budget_tokens));
     for (index_t s = 0; s < kvh; ++s) REQUIRE(sel.tokens(s) == n);
     auto [out, lse] = run_decode<float>(q, cache, &sel, 2);
     // Dense decode over the same tensors.
@@ -192,11 +200,11 @@ TEST_CASE("quest while decoding: summaries follow appends, every step matches th
     cache.append(k.cview().slice_tokens(n - 1, 1), v.cview().slice_tokens(n - 1, 1));
     pc.append(id, k.cview().slice_tokens(n - 1, 1), v.cview().slice_tokens(n - 1, 1));
     auto q = random_tensor<float>(1, heads, d, static_cast<std::uint64_t>(100 + step));
-    const auto sel = quest{32, 16, true}.select(make_decode_inputs(q.cview(), cache),
-                                                budget::policy_default());
+    const auto sel =
+        quest{32, 16, true}.select(make_decode_inputs(q.cview(), cache), budget::policy_default());
     REQUIRE(sel.pages[0].back() == (n - 1) / 16);
     REQUIRE(sel.pages[0].size() == 3);
-    auto [out, lse] = run_decode<float>(q, pc.sequence(id), &sel, 2);
+    auto [out, lse] = run_decode<float>(q, pc.sequence(id), &sel, 1);
     tensor<bf16> kn(n, kvh, d), vn(n, kvh, d);
     std::copy_n(k.data.begin(), n * kvh * d, kn.data.begin());
     std::copy_n(v.data.begin(), n * kvh * d, vn.data.begin());
@@ -233,4 +241,61 @@ TEST_CASE("sparse decode over token lists and odd page sizes", "[decode]") {
   check_against_oracle<f16>(
       q, k, v, [&](index_t h) { return selected_tokens(pg, h); }, out2, lse2);
   REQUIRE(pg.tokens(0) == 4 * 9 + 7);  // page 77 is the partial tail: tokens 693..699
+}
+
+TEST_CASE("quest scores and choice equal a recomputation from the raw keys", "[quest]") {
+  // Wide heads (the vector path) and a head_dim with a tail; scores recomputed in double from
+  // the page definition: sum over the group's heads of sum_d max(q min_d, q max_d), with min and
+  // max taken over the page's stored keys.
+  for (const index_t d : {128, 72}) {
+    for (const bool share : {true, false}) {
+      INFO("d=" << d << " share=" << share);
+      const index_t heads = 8, kvh = 2, group = 4, n = 1000, ps = 16;
+      auto k = random_tensor<bf16>(n, kvh, d, static_cast<std::uint64_t>(d), 1.5f);
+      auto q = random_tensor<float>(1, heads, d, static_cast<std::uint64_t>(d) + 1);
+      kv_cache<bf16> cache(kvh, d);
+      cache.append(k.cview(), k.cview());
+      cache.enable_summaries(ps);
+      const quest policy{128, ps, share};
+      const auto in = make_decode_inputs(q.cview(), cache);
+      const auto got = policy.page_scores(in);
+      const auto kv = k.cview();
+      const auto qv_all = q.cview();
+      const index_t complete = (n - 1) / ps;
+      const auto sel = policy.select(in, budget::policy_default());
+      for (index_t s = 0; s < (share ? kvh : heads); ++s) {
+        const index_t g = share ? s : s / group;
+        std::vector<double> want(static_cast<std::size_t>(complete), 0.0);
+        for (index_t p = 0; p < complete; ++p) {
+          for (index_t h = share ? g * group : s; h < (share ? (g + 1) * group : s + 1); ++h) {
+            for (index_t x = 0; x < d; ++x) {
+              double mn = INFINITY, mx = -INFINITY;
+              for (index_t t = p * ps; t < (p + 1) * ps; ++t) {
+                mn = std::min<double>(mn, to_float(kv.row(t, g)[x]));
+                mx = std::max<double>(mx, to_float(kv.row(t, g)[x]));
+              }
+              const double qv = qv_all.row(0, h)[x];
+              want[static_cast<std::size_t>(p)] += std::max(qv * mn, qv * mx);
+            }
+          }
+          REQUIRE(got[static_cast<std::size_t>(s)][static_cast<std::size_t>(p)] ==
+                  Approx(want[static_cast<std::size_t>(p)]).margin(1e-3));
+        }
+        // The chosen complete pages are the 8 best by the recomputed score (up to fp32 noise).
+        const auto& pages = sel.pages[static_cast<std::size_t>(s)];
+        REQUIRE(pages.size() == 9);
+        REQUIRE(pages.back() == complete);  // the current page
+        double worst_in = INFINITY, best_out = -INFINITY;
+        for (index_t p = 0; p < complete; ++p) {
+          const bool in_sel = std::binary_search(pages.begin(), pages.end() - 1, p);
+          const double w = want[static_cast<std::size_t>(p)];
+          if (in_sel)
+            worst_in = std::min(worst_in, w);
+          else
+            best_out = std::max(best_out, w);
+        }
+        REQUIRE(worst_in >= best_out - 1e-3);
+      }
+    }
+  }
 }

@@ -54,25 +54,29 @@ inline void convert_row(const U* src, T* dst, index_t n) {
 template <class U>
 inline void check_append(const tensor_view<U>& k, const tensor_view<U>& v, index_t kv_heads,
                          index_t head_dim) {
-  require(k.heads() == kv_heads, "k.heads", detail::concat("the cache's KV heads (", kv_heads, ")"),
-          k.heads());
-  require(k.head_dim() == head_dim, "k.head_dim",
-          detail::concat("the cache's head_dim (", head_dim, ")"), k.head_dim());
-  require(v.heads() == kv_heads && v.head_dim() == head_dim && v.tokens() == k.tokens(), "v",
-          detail::concat("the shape of k [", k.tokens(), ", ", kv_heads, ", ", head_dim, "]"),
-          detail::concat("[", v.tokens(), ", ", v.heads(), ", ", v.head_dim(), "]"));
+  if (!(k.heads() == kv_heads))
+    require(false, "k.heads", detail::concat("the cache's KV heads (", kv_heads, ")"), k.heads());
+  if (!(k.head_dim() == head_dim))
+    require(false, "k.head_dim", detail::concat("the cache's head_dim (", head_dim, ")"),
+            k.head_dim());
+  if (!(v.heads() == kv_heads && v.head_dim() == head_dim && v.tokens() == k.tokens()))
+    require(false, "v",
+            detail::concat("the shape of k [", k.tokens(), ", ", kv_heads, ", ", head_dim, "]"),
+            detail::concat("[", v.tokens(), ", ", v.heads(), ", ", v.head_dim(), "]"));
 }
 
 // Checks an eviction selection against a cache's current lengths.
 template <class Cache>
 inline void check_eviction(const Cache& c, const eviction_selection& sel) {
   sel.validate();
-  require(sel.heads() == c.kv_heads(), "eviction selection heads",
-          detail::concat("the cache's KV heads (", c.kv_heads(), ")"), sel.heads());
+  if (!(sel.heads() == c.kv_heads()))
+    require(false, "eviction selection heads",
+            detail::concat("the cache's KV heads (", c.kv_heads(), ")"), sel.heads());
   for (index_t h = 0; h < c.kv_heads(); ++h) {
-    require(sel.lengths[static_cast<std::size_t>(h)] == c.length(h), "eviction selection lengths",
-            detail::concat("the cache's length of KV head ", h, " (", c.length(h), ")"),
-            sel.lengths[static_cast<std::size_t>(h)]);
+    if (!(sel.lengths[static_cast<std::size_t>(h)] == c.length(h)))
+      require(false, "eviction selection lengths",
+              detail::concat("the cache's length of KV head ", h, " (", c.length(h), ")"),
+              sel.lengths[static_cast<std::size_t>(h)]);
   }
 }
 
@@ -197,7 +201,8 @@ class kv_cache {
     detail::row_buffer<T> k, v;
   };
   std::size_t checked(index_t h) const {
-    require(h >= 0 && h < kv_heads(), "kv head", detail::concat("in [0, ", kv_heads(), ")"), h);
+    if (!(h >= 0 && h < kv_heads()))
+      require(false, "kv head", detail::concat("in [0, ", kv_heads(), ")"), h);
     return static_cast<std::size_t>(h);
   }
   tensor_view<const T> head_view(const detail::row_buffer<T>& b, index_t h) const {

@@ -98,11 +98,13 @@ class page_summaries {
     index_t length = 0;
   };
   head& at(index_t h) {
-    require(h >= 0 && h < kv_heads(), "kv head", detail::concat("in [0, ", kv_heads(), ")"), h);
+    if (!(h >= 0 && h < kv_heads()))
+      require(false, "kv head", detail::concat("in [0, ", kv_heads(), ")"), h);
     return heads_[static_cast<std::size_t>(h)];
   }
   const head& at(index_t h) const {
-    require(h >= 0 && h < kv_heads(), "kv head", detail::concat("in [0, ", kv_heads(), ")"), h);
+    if (!(h >= 0 && h < kv_heads()))
+      require(false, "kv head", detail::concat("in [0, ", kv_heads(), ")"), h);
     return heads_[static_cast<std::size_t>(h)];
   }
   tensor_view<const T> view(index_t h, index_t offset) const {

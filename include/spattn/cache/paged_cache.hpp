@@ -68,8 +68,8 @@ class paged_cache {
       : kv_heads_(kv_heads), head_dim_(head_dim), page_size_(page_size) {
     require(kv_heads > 0, "kv_heads", "> 0", kv_heads);
     require(head_dim > 0, "head_dim", "> 0", head_dim);
-    require(page_size >= 1 && page_size <= 4096 && std::has_single_bit(
-                                                       static_cast<std::uint64_t>(page_size)),
+    require(page_size >= 1 && page_size <= 4096 &&
+                std::has_single_bit(static_cast<std::uint64_t>(page_size)),
             "page_size", "a power of two in [1, 4096]", page_size);
     shift_ = std::countr_zero(static_cast<std::uint64_t>(page_size));
   }
@@ -200,12 +200,14 @@ class paged_cache {
   }
   const seq& at(index_t id) const { return const_cast<paged_cache*>(this)->at(id); }
   const head_table& head_of(index_t id, index_t h) const {
-    require(h >= 0 && h < kv_heads_, "kv head", detail::concat("in [0, ", kv_heads_, ")"), h);
+    if (!(h >= 0 && h < kv_heads_))
+      require(false, "kv head", detail::concat("in [0, ", kv_heads_, ")"), h);
     return at(id).heads[static_cast<std::size_t>(h)];
   }
 
   T* row(head_table& hd, index_t t, bool value) {
-    T* page = pool_[static_cast<std::size_t>(hd.table[static_cast<std::size_t>(t >> shift_)])].get();
+    T* page =
+        pool_[static_cast<std::size_t>(hd.table[static_cast<std::size_t>(t >> shift_)])].get();
     return page + (value ? page_size_ * head_dim_ : 0) + (t & (page_size_ - 1)) * head_dim_;
   }
   paged_rows<T> rows(index_t id, index_t h, bool value) const {

@@ -36,9 +36,12 @@ class any_view {
   template <class F>
   decltype(auto) visit(F&& f) const {
     switch (type_) {
-      case dtype::f16: return f(as<f16>());
-      case dtype::bf16: return f(as<bf16>());
-      default: return f(as<float>());
+      case dtype::f16:
+        return f(as<f16>());
+      case dtype::bf16:
+        return f(as<bf16>());
+      default:
+        return f(as<float>());
     }
   }
 

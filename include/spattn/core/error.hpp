@@ -4,6 +4,7 @@
 #include <sstream>
 #include <stdexcept>
 #include <string>
+#include <type_traits>
 #include <utility>
 
 namespace spattn {
@@ -25,9 +26,15 @@ std::string concat(Parts&&... parts) {
 }  // namespace detail
 
 // Throws spattn::error("argument 'name': expected <expected>, got <given>") unless ok.
+// `expected` may be a callable returning the text, so hot paths build no message unless they fail.
 template <class Expected, class Given>
 inline void require(bool ok, const char* argument, const Expected& expected, const Given& given) {
-  if (!ok) {
+  if (ok) [[likely]]
+    return;
+  if constexpr (std::is_invocable_v<const Expected&>) {
+    throw error(
+        detail::concat("argument '", argument, "': expected ", expected(), ", got ", given));
+  } else {
     throw error(detail::concat("argument '", argument, "': expected ", expected, ", got ", given));
   }
 }

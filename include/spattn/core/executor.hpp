@@ -63,7 +63,8 @@ class executor {
   }
 
   // Runs body(i) for i in [0, n). Tasks are taken dynamically, in index order, so callers
-  // put the most expensive tasks first for load balance.
+  // put the most expensive tasks first for load balance. Bodies must not throw: an exception
+  // escaping an OpenMP region terminates the program, so spattn validates before it starts tasks.
   template <class Body>
   void parallel_for(std::int64_t n, Body&& body) const {
     if (n <= 0) return;

@@ -37,16 +37,20 @@ class tensor_view {
     require(tokens >= 0, "tokens", ">= 0", tokens);
     require(heads > 0, "heads", "> 0", heads);
     require(head_dim > 0, "head_dim", "> 0", head_dim);
-    require(head_stride >= head_dim, "head_stride", detail::concat(">= head_dim (", head_dim, ")"),
-            head_stride);
+    require(
+        head_stride >= head_dim, "head_stride",
+        [&] { return detail::concat(">= head_dim (", head_dim, ")"); }, head_stride);
     // Rows must not overlap: token-major ([T, H, D], the usual) or head-major ([H, T, D]).
     const bool token_major = tokens <= 1 || token_stride >= (heads - 1) * head_stride + head_dim;
     const bool head_major = heads == 1 || head_stride >= (tokens - 1) * token_stride + head_dim;
     require(token_stride > 0 || tokens <= 1, "token_stride", "> 0", token_stride);
-    require(token_major || head_major, "token_stride",
-            detail::concat("rows that do not overlap (heads=", heads, ", head_dim=", head_dim,
-                           ", head_stride=", head_stride, ")"),
-            token_stride);
+    require(
+        token_major || head_major, "token_stride",
+        [&] {
+          return detail::concat("rows that do not overlap (heads=", heads, ", head_dim=", head_dim,
+                                ", head_stride=", head_stride, ")");
+        },
+        token_stride);
     require(data != nullptr || tokens == 0, "data", "non-null pointer", "nullptr");
   }
 
@@ -75,9 +79,10 @@ class tensor_view {
 
   // Sub-range of tokens [begin, begin + count).
   tensor_view slice_tokens(index_t begin, index_t count) const {
-    require(begin >= 0 && count >= 0 && begin + count <= tokens_, "slice_tokens",
-            detail::concat("a range inside [0, ", tokens_, ")"),
-            detail::concat("[", begin, ", ", begin + count, ")"));
+    if (begin < 0 || count < 0 || begin + count > tokens_) {
+      require(false, "slice_tokens", detail::concat("a range inside [0, ", tokens_, ")"),
+              detail::concat("[", begin, ", ", begin + count, ")"));
+    }
     tensor_view r = *this;
     r.data_ = count ? data_ + begin * token_stride_ : data_;
     r.tokens_ = count;
@@ -109,8 +114,9 @@ class lse_view {
       : data_(data), tokens_(tokens), heads_(heads), token_stride_(token_stride) {
     require(tokens >= 0, "lse tokens", ">= 0", tokens);
     require(heads > 0, "lse heads", "> 0", heads);
-    require(token_stride >= heads || tokens <= 1, "lse token_stride",
-            detail::concat(">= heads (", heads, ")"), token_stride);
+    require(
+        token_stride >= heads || tokens <= 1, "lse token_stride",
+        [&] { return detail::concat(">= heads (", heads, ")"); }, token_stride);
     require(data != nullptr || tokens == 0, "lse data", "non-null pointer", "nullptr");
   }
   float* data() const { return data_; }

@@ -7,7 +7,8 @@
 // Both run the dense decode kernel (kernels::decode_range) through accessors: selected token i of
 // a head is cache row pages[i / page_size] * page_size + i % page_size, read where it lies (no
 // gather copy), in 64-key blocks. A GQA group whose heads share the selection is processed as one
-// work item, so K and V are read once per group. Selected tokens are split into fixed chunks of
+// work item, so K and V are read once per group (a per-query-head selection reads each query
+// head's pages separately). Selected tokens are split into fixed chunks of
 // sparse_decode_chunk_keys; the chunks' partial softmax states are merged in chunk order, so the
 // result does not depend on the thread count. q is one token, [1, heads, head_dim]; a head with no
 // selected tokens gives zero output and LSE = -inf.
@@ -108,8 +109,8 @@ void sparse_decode_run(const tensor_view<const TQ>& q, const Cache& cache,
     groups.push_back({s, static_cast<index_t>(items.size()), chunks});
     for (index_t ch = 0; ch < chunks; ++ch) {
       const index_t k0 = ch * sparse_decode_chunk_keys;
-      items.push_back({s, k0, std::min(n, k0 + sparse_decode_chunk_keys),
-                       static_cast<index_t>(items.size())});
+      items.push_back(
+          {s, k0, std::min(n, k0 + sparse_decode_chunk_keys), static_cast<index_t>(items.size())});
     }
   }
   const index_t stride = max_rows * (dpad + 2);
@@ -134,10 +135,18 @@ void sparse_decode_run(const tensor_view<const TQ>& q, const Cache& cache,
     const auto krows = cache.key_rows(plan.kv_head(s));
     const auto vrows = cache.value_rows(plan.kv_head(s));
     const index_t n = plan.tokens(s);
+    const index_t row_bytes = d * static_cast<index_t>(sizeof(TKV));
     plan.with_map(s, [&](auto map) {
+      // decode_range fetches K rows ahead through key(); the V row of the same token is
+      // prefetched with it, so V reads stay ahead too when selected pages are scattered.
+      const auto key = [&](index_t t) {
+        const index_t tok = map(t);
+        const char* vr = reinterpret_cast<const char*>(vrows(tok));
+        for (index_t o = 0; o < row_bytes; o += 64) _mm_prefetch(vr + o, _MM_HINT_T0);
+        return krows(tok);
+      };
       decode_range<TKV>(
-          qs.data(), d, [&](index_t t) { return krows(map(t)); },
-          [&](index_t t) { return vrows(map(t)); }, it.k0, it.k1, st,
+          qs.data(), d, key, [&](index_t t) { return vrows(map(t)); }, it.k0, it.k1, st,
           [](int, index_t, int nb) { return nb; }, sbuf.data(), n);
     });
   });
@@ -180,22 +189,25 @@ float check_cache_decode(const tensor_view<const TQ>& q, const Cache& cache,
                          const attention_options& opt) {
   const index_t d = cache.head_dim();
   require(q.tokens() == 1, "q.tokens", "1 (one decode step)", q.tokens());
-  require(q.heads() % cache.kv_heads() == 0, "q.heads",
-          detail::concat("a multiple of the cache's KV heads (", cache.kv_heads(), ")"), q.heads());
-  require(q.head_dim() == d, "q.head_dim", detail::concat("the cache's head_dim (", d, ")"),
-          q.head_dim());
-  require(d % 8 == 0 && d <= detail::max_head_dim, "head_dim",
-          detail::concat("a multiple of 8 in [8, ", detail::max_head_dim, "]"), d);
-  require(out.tokens() == 1 && out.heads() == q.heads() && out.head_dim() == d, "out",
-          detail::concat("shape [1, ", q.heads(), ", ", d, "]"),
-          detail::concat("[", out.tokens(), ", ", out.heads(), ", ", out.head_dim(), "]"));
+  if (!(q.heads() % cache.kv_heads() == 0))
+    require(false, "q.heads",
+            detail::concat("a multiple of the cache's KV heads (", cache.kv_heads(), ")"),
+            q.heads());
+  if (!(q.head_dim() == d))
+    require(false, "q.head_dim", detail::concat("the cache's head_dim (", d, ")"), q.head_dim());
+  if (!(d % 8 == 0 && d <= detail::max_head_dim))
+    require(false, "head_dim", detail::concat("a multiple of 8 in [8, ", detail::max_head_dim, "]"),
+            d);
+  if (!(out.tokens() == 1 && out.heads() == q.heads() && out.head_dim() == d))
+    require(false, "out", detail::concat("shape [1, ", q.heads(), ", ", d, "]"),
+            detail::concat("[", out.tokens(), ", ", out.heads(), ", ", out.head_dim(), "]"));
   require(!detail::ranges_overlap(out.begin_address(), out.end_address(), q.begin_address(),
-                          q.end_address()),
+                                  q.end_address()),
           "out", "memory disjoint from q", "an aliasing view");
   if (!lse.empty()) {
-    require(lse.tokens() == 1 && lse.heads() == q.heads(), "lse",
-            detail::concat("shape [1, ", q.heads(), "]"),
-            detail::concat("[", lse.tokens(), ", ", lse.heads(), "]"));
+    if (!(lse.tokens() == 1 && lse.heads() == q.heads()))
+      require(false, "lse", detail::concat("shape [1, ", q.heads(), "]"),
+              detail::concat("[", lse.tokens(), ", ", lse.heads(), "]"));
   }
   require(std::isfinite(opt.scale) && opt.scale >= 0.0f, "scale",
           "a finite value >= 0 (0: default)", opt.scale);
@@ -207,7 +219,7 @@ float check_cache_decode(const tensor_view<const TQ>& q, const Cache& cache,
 // One decode step over the selected pages of `cache` (kv_cache, or paged_cache::sequence()).
 // The selection must match the cache's current lengths and the query's heads.
 template <class TQ, class Cache, class TO>
-  requires kv_cache_reader<Cache>
+requires kv_cache_reader<Cache>
 void sparse_decode(tensor_view<TQ> q, const Cache& cache, const decode_selection& sel,
                    tensor_view<TO> out, lse_view lse = {}, const attention_options& opt = {}) {
   static_assert(!std::is_const_v<TO>, "out must be a writable view");
@@ -216,16 +228,20 @@ void sparse_decode(tensor_view<TQ> q, const Cache& cache, const decode_selection
   const index_t group = q.heads() / cache.kv_heads();
   sel.validate();
   const index_t want = sel.per_query_head ? q.heads() : cache.kv_heads();
-  require(sel.heads() == want, "selection heads",
-          detail::concat(want, sel.per_query_head ? " (query heads)" : " (KV heads)"), sel.heads());
-  require(sel.group == group, "selection group",
-          detail::concat("the query's GQA group (", group, ")"), sel.group);
+  if (!(sel.heads() == want))
+    require(false, "selection heads",
+            detail::concat(want, sel.per_query_head ? " (query heads)" : " (KV heads)"),
+            sel.heads());
+  if (!(sel.group == group))
+    require(false, "selection group", detail::concat("the query's GQA group (", group, ")"),
+            sel.group);
   for (index_t s = 0; s < sel.heads(); ++s) {
     const index_t len = cache.length(sel.kv_head_of(s));
-    require(sel.lengths[static_cast<std::size_t>(s)] == len, "selection lengths",
-            detail::concat("the cache's length of KV head ", sel.kv_head_of(s), " (", len,
-                           ") for selection head ", s),
-            sel.lengths[static_cast<std::size_t>(s)]);
+    if (!(sel.lengths[static_cast<std::size_t>(s)] == len))
+      require(false, "selection lengths",
+              detail::concat("the cache's length of KV head ", sel.kv_head_of(s), " (", len,
+                             ") for selection head ", s),
+              sel.lengths[static_cast<std::size_t>(s)]);
   }
   std::vector<index_t> tokens(static_cast<std::size_t>(sel.heads()));
   for (index_t s = 0; s < sel.heads(); ++s) tokens[static_cast<std::size_t>(s)] = sel.tokens(s);
@@ -238,7 +254,7 @@ void sparse_decode(tensor_view<TQ> q, const Cache& cache, const decode_selection
 // One decode step over every token each KV head holds (dense over the cache; after eviction the
 // heads' lengths may differ).
 template <class TQ, class Cache, class TO>
-  requires kv_cache_reader<Cache>
+requires kv_cache_reader<Cache>
 void cache_decode(tensor_view<TQ> q, const Cache& cache, tensor_view<TO> out, lse_view lse = {},
                   const attention_options& opt = {}) {
   static_assert(!std::is_const_v<TO>, "out must be a writable view");

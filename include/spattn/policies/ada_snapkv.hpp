@@ -20,7 +20,7 @@
 // W < L instead).
 #include "spattn/policies/snapkv.hpp"
 
-namespace spattn {
+namespace spattn::policies {
 
 struct ada_snapkv {
   index_t token_capacity = 1024;  // average tokens kept per KV head
@@ -34,9 +34,9 @@ struct ada_snapkv {
 
   std::vector<std::vector<double>> importance(const eviction_inputs& in) const {
     const auto p = params();
-    const index_t L = detail::check_snap_inputs(in, p);
-    detail::check_snap_queries(in, p, L);
-    return detail::snap_importance(in, p, detail::snap_reduce::max_max);
+    const index_t L = snap_detail::check_snap_inputs(in, p);
+    snap_detail::check_snap_queries(in, p, L);
+    return snap_detail::snap_importance(in, p, snap_detail::snap_reduce::max_max);
   }
 
   // The per-head floor for a capacity.
@@ -50,20 +50,22 @@ struct ada_snapkv {
     require(std::isfinite(min_head_capacity_ratio) && min_head_capacity_ratio >= 0.0 &&
                 min_head_capacity_ratio <= 1.0,
             "min_head_capacity_ratio", "a value in [0, 1]", min_head_capacity_ratio);
-    const index_t L = detail::check_snap_inputs(in, p), kvh = in.keys.heads();
-    const index_t cap = detail::snap_capacity(b, token_capacity, L, "ada_snapkv");
-    if (cap >= L) return detail::keep_all(kvh, L);
-    require(cap >= local_window + prefix_tokens, "ada_snapkv capacity",
-            detail::concat(">= local_window + prefix_tokens (", local_window + prefix_tokens, ")"),
-            cap);
-    detail::check_snap_queries(in, p, L);
-    const auto imp = detail::snap_importance(in, p, detail::snap_reduce::max_max);
+    const index_t L = snap_detail::check_snap_inputs(in, p), kvh = in.keys.heads();
+    const index_t cap = snap_detail::snap_capacity(b, token_capacity, L, "ada_snapkv");
+    if (cap >= L) return snap_detail::keep_all(kvh, L);
+    if (!(cap >= local_window + prefix_tokens))
+      require(false, "ada_snapkv capacity",
+              spattn::detail::concat(">= local_window + prefix_tokens (",
+                                     local_window + prefix_tokens, ")"),
+              cap);
+    snap_detail::check_snap_queries(in, p, L);
+    const auto imp = snap_detail::snap_importance(in, p, snap_detail::snap_reduce::max_max);
     const index_t floor_cap = min_capacity(cap);
     const index_t rest = cap * kvh - floor_cap * kvh;
     std::vector<std::vector<char>> chosen(static_cast<std::size_t>(kvh),
                                           std::vector<char>(static_cast<std::size_t>(L), 0));
     for (index_t g = 0; g < kvh; ++g) {
-      for (const index_t j : detail::top_k_double(imp[static_cast<std::size_t>(g)], floor_cap))
+      for (const index_t j : snap_detail::top_k_double(imp[static_cast<std::size_t>(g)], floor_cap))
         chosen[static_cast<std::size_t>(g)][static_cast<std::size_t>(j)] = 1;
     }
     // Global top `rest` of the unchosen (head, position) pairs.
@@ -74,7 +76,7 @@ struct ada_snapkv {
         flat[static_cast<std::size_t>(g * L + j)] =
             chosen[gi][ji] ? -std::numeric_limits<double>::infinity() : imp[gi][ji];
       }
-    for (const index_t f : detail::top_k_double(flat, rest))
+    for (const index_t f : snap_detail::top_k_double(flat, rest))
       chosen[static_cast<std::size_t>(f / L)][static_cast<std::size_t>(f % L)] = 1;
     eviction_selection sel;
     for (index_t g = 0; g < kvh; ++g) {
@@ -88,11 +90,11 @@ struct ada_snapkv {
   }
 
  private:
-  detail::snap_params params() const {
+  snap_detail::snap_params params() const {
     return {approximation_window, kernel_size, local_window, prefix_tokens};
   }
 };
 
 static_assert(eviction_policy<ada_snapkv>);
 
-}  // namespace spattn
+}  // namespace spattn::policies

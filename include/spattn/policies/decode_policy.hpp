@@ -1,6 +1,6 @@
 #pragma once
 // The policy interface for the decoding phase, the same shape as prefill_policy: a policy is a
-// small value type with
+// small value type (std::semiregular; the library's live in spattn::policies) with
 //     std::string name() const;
 //     <plain-data selection> select(const <inputs>&, const budget&) const;
 // - decode_policy: per decode step, which pages/tokens of the cache to read (decode_selection);
@@ -13,7 +13,9 @@
 // Ties: every library policy ranks by score, then by lower index (documented choice; the
 // reference's torch.topk leaves tie order unspecified).
 #include <algorithm>
+#include <cmath>
 #include <concepts>
+#include <functional>
 #include <numeric>
 #include <string>
 #include <vector>
@@ -31,9 +33,9 @@ struct decode_inputs {
   // Per KV head: Quest page summaries [pages, 1, head_dim] (min and max); empty when the cache
   // keeps none (policies that need them raise).
   std::vector<any_view> page_min, page_max;
-  index_t page_size = 0;        // summaries' page size (0: no summaries)
+  index_t page_size = 0;         // summaries' page size (0: no summaries)
   std::vector<index_t> lengths;  // tokens per KV head, including the current token
-  executor exec = executor::serial();
+  executor exec = executor::openmp();
 
   index_t kv_heads() const { return static_cast<index_t>(lengths.size()); }
 };
@@ -47,17 +49,19 @@ struct eviction_inputs {
   // Tokens per KV head now held (empty: keys.tokens() for every KV head).
   std::vector<index_t> lengths;
   float scale = 0.0f;  // 0: 1/sqrt(head_dim)
-  executor exec = executor::serial();
+  executor exec = executor::openmp();
 };
 
 template <class P>
-concept decode_policy = requires(const P& p, const decode_inputs& in, const budget& b) {
+concept decode_policy = std::semiregular<P> &&
+    requires(const P& p, const decode_inputs& in, const budget& b) {
   { p.name() } -> std::convertible_to<std::string>;
   { p.select(in, b) } -> std::same_as<decode_selection>;
 };
 
 template <class P>
-concept eviction_policy = requires(const P& p, const eviction_inputs& in, const budget& b) {
+concept eviction_policy = std::semiregular<P> &&
+    requires(const P& p, const eviction_inputs& in, const budget& b) {
   { p.name() } -> std::convertible_to<std::string>;
   { p.select(in, b) } -> std::same_as<eviction_selection>;
 };
@@ -65,7 +69,7 @@ concept eviction_policy = requires(const P& p, const eviction_inputs& in, const 
 // Decode inputs for query q against a cache (kv_cache or paged_cache::sequence()).
 template <class TQ, class Cache>
 decode_inputs make_decode_inputs(tensor_view<TQ> q, const Cache& cache,
-                                 executor exec = executor::serial()) {
+                                 executor exec = executor::openmp()) {
   decode_inputs in;
   in.q = tensor_view<const std::remove_cv_t<TQ>>(q);
   for (index_t h = 0; h < cache.kv_heads(); ++h) in.lengths.push_back(cache.length(h));
@@ -91,30 +95,49 @@ eviction_inputs make_eviction_inputs(const Cache& cache) {
 namespace detail {
 
 // Indices of the k largest scores, ranked by (score descending, index ascending), returned in
-// ascending index order. NaN scores are rejected.
-inline std::vector<index_t> top_k_indices(const std::vector<float>& score, index_t k) {
+// ascending index order: the k-th largest value t is found (nth_element on a copy), then every
+// index with a score > t is kept and, in ascending order, as many with score == t as fit.
+// NaN scores are rejected.
+template <class S>
+std::vector<index_t> top_k(const std::vector<S>& score, index_t k) {
   const index_t n = static_cast<index_t>(score.size());
-  for (index_t i = 0; i < n; ++i) {
-    require(!std::isnan(score[static_cast<std::size_t>(i)]), "scores",
-            "no NaN (finite inputs)", detail::concat("NaN at index ", i));
-  }
   k = std::clamp<index_t>(k, 0, n);
-  std::vector<index_t> idx(static_cast<std::size_t>(n));
-  std::iota(idx.begin(), idx.end(), index_t{0});
-  const auto better = [&](index_t a, index_t b) {
-    const float sa = score[static_cast<std::size_t>(a)], sb = score[static_cast<std::size_t>(b)];
-    return sa > sb || (sa == sb && a < b);
-  };
-  if (k < n) std::nth_element(idx.begin(), idx.begin() + k, idx.end(), better);
-  idx.resize(static_cast<std::size_t>(k));
-  std::sort(idx.begin(), idx.end());
+  std::vector<index_t> idx;
+  if (k == 0) return idx;
+  for (index_t i = 0; i < n; ++i) {
+    if (std::isnan(score[static_cast<std::size_t>(i)]))
+      throw error(
+          detail::concat("argument 'scores': expected no NaN (finite inputs), got NaN at "
+                         "index ",
+                         i));
+  }
+  idx.reserve(static_cast<std::size_t>(k));
+  if (k == n) {
+    for (index_t i = 0; i < n; ++i) idx.push_back(i);
+    return idx;
+  }
+  std::vector<S> tmp(score);
+  std::nth_element(tmp.begin(), tmp.begin() + (k - 1), tmp.end(), std::greater<S>());
+  const S t = tmp[static_cast<std::size_t>(k - 1)];
+  index_t above = 0;
+  for (const S x : score) above += x > t;
+  index_t ties = k - above;  // how many scores equal to t are kept (lowest indices first)
+  for (index_t i = 0; i < n; ++i) {
+    const S x = score[static_cast<std::size_t>(i)];
+    if (x > t || (x == t && ties-- > 0)) idx.push_back(i);
+  }
   return idx;
 }
 
+inline std::vector<index_t> top_k_indices(const std::vector<float>& score, index_t k) {
+  return top_k(score, k);
+}
+
 inline void require_allocation(const budget& b, allocation want, const char* policy) {
-  require(b.is_default() || b.alloc() == want, "budget allocation",
-          detail::concat(want == allocation::uniform ? "uniform" : "adaptive", " for ", policy),
-          b.alloc() == allocation::uniform ? "uniform" : "adaptive");
+  if (!(b.is_default() || b.alloc() == want))
+    require(false, "budget allocation",
+            detail::concat(want == allocation::uniform ? "uniform" : "adaptive", " for ", policy),
+            b.alloc() == allocation::uniform ? "uniform" : "adaptive");
 }
 
 }  // namespace detail

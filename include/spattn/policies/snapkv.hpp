@@ -5,8 +5,10 @@
 // For a prompt of L tokens, W = approximation_window, per query head h (KV head g = h / G) and
 // window row i (query position L-W+i), P[h][i][j] = softmax_j(scale * q . k_j) over j <= L-W+i.
 //   importance[g][j] = sum_i mean_{h in group g} P[h][i][j]
-//   pooled[g][j]     = (sum of importance[g][t] for |t - j| <= kernel_size/2, 0 <= t < L) / kernel_size
-//                      (average pooling, zero padding counted: edges are divided by kernel_size too)
+//   pooled[g][j]     = (sum of importance[g][t] for |t - j| <= kernel_size/2, 0 <= t < L) /
+//   kernel_size
+//                      (average pooling, zero padding counted: edges are divided by kernel_size
+//                      too)
 //   the first prefix_tokens and the last local_window positions are forced (+inf);
 //   KV head g keeps the cap = min(token_capacity, L) best positions (ties: lower index).
 // All heads keep exactly cap tokens; the reference requires cap > local_window + prefix_tokens.
@@ -22,6 +24,7 @@
 //  - a capacity >= L keeps everything without looking at the queries (the reference still needs
 //    L >= W there);
 //  - kernel_size defaults to 21, the paper's configuration (the reference class default is 7).
+#include <atomic>
 #include <cmath>
 #include <limits>
 #include <string>
@@ -30,9 +33,9 @@
 #include "spattn/core/simd.hpp"
 #include "spattn/policies/decode_policy.hpp"
 
-namespace spattn {
+namespace spattn::policies {
 
-namespace detail {
+namespace snap_detail {
 
 enum class snap_reduce { sum_mean, max_max };
 
@@ -56,13 +59,16 @@ inline index_t check_snap_inputs(const eviction_inputs& in, const snap_params& p
   require(!in.keys.empty(), "keys", "the prompt's keys [L, kv_heads, head_dim]", "an empty view");
   const index_t L = in.keys.tokens();
   for (std::size_t h = 0; h < in.lengths.size(); ++h) {
-    require(in.lengths[h] == L, "lengths",
-            detail::concat("the prompt length (", L, ") for every KV head: SnapKV compresses "
-                           "right after prefill"),
-            detail::concat(in.lengths[h], " for KV head ", h));
+    if (!(in.lengths[h] == L))
+      require(false, "lengths",
+              spattn::detail::concat("the prompt length (", L,
+                                     ") for every KV head: SnapKV compresses "
+                                     "right after prefill"),
+              spattn::detail::concat(in.lengths[h], " for KV head ", h));
   }
-  require(in.lengths.empty() || static_cast<index_t>(in.lengths.size()) == in.keys.heads(),
-          "lengths", detail::concat("one per KV head (", in.keys.heads(), ")"), in.lengths.size());
+  if (!(in.lengths.empty() || static_cast<index_t>(in.lengths.size()) == in.keys.heads()))
+    require(false, "lengths", spattn::detail::concat("one per KV head (", in.keys.heads(), ")"),
+            in.lengths.size());
   require(p.window >= 1, "approximation_window", ">= 1", p.window);
   require(p.kernel_size >= 1 && p.kernel_size % 2 == 1, "kernel_size",
           "an odd number >= 1 (output length L)", p.kernel_size);
@@ -72,15 +78,22 @@ inline index_t check_snap_inputs(const eviction_inputs& in, const snap_params& p
 }
 
 inline void check_snap_queries(const eviction_inputs& in, const snap_params& p, index_t L) {
-  require(L >= p.window, "keys.tokens",
-          detail::concat(">= approximation_window (", p.window, ")"), L);
-  require(!in.queries.empty() && in.queries.tokens() >= p.window, "queries.tokens",
-          detail::concat(">= approximation_window (", p.window, "): the prompt's last queries"),
-          in.queries.tokens());
-  require(in.queries.heads() % in.keys.heads() == 0, "queries.heads",
-          detail::concat("a multiple of keys.heads (", in.keys.heads(), ")"), in.queries.heads());
-  require(in.queries.head_dim() == in.keys.head_dim(), "queries.head_dim",
-          detail::concat("keys.head_dim (", in.keys.head_dim(), ")"), in.queries.head_dim());
+  if (!(L >= p.window))
+    require(false, "keys.tokens",
+            spattn::detail::concat(">= approximation_window (", p.window, ")"), L);
+  if (!(!in.queries.empty() && in.queries.tokens() >= p.window))
+    require(false, "queries.tokens",
+            spattn::detail::concat(">= approximation_window (", p.window,
+                                   "): the prompt's last queries"),
+            in.queries.tokens());
+  if (!(in.queries.heads() % in.keys.heads() == 0))
+    require(false, "queries.heads",
+            spattn::detail::concat("a multiple of keys.heads (", in.keys.heads(), ")"),
+            in.queries.heads());
+  if (!(in.queries.head_dim() == in.keys.head_dim()))
+    require(false, "queries.head_dim",
+            spattn::detail::concat("keys.head_dim (", in.keys.head_dim(), ")"),
+            in.queries.head_dim());
   require(std::isfinite(in.scale) && in.scale >= 0.0f, "scale", "a finite value >= 0", in.scale);
 }
 
@@ -92,6 +105,7 @@ inline std::vector<std::vector<double>> snap_importance(const eviction_inputs& i
   const index_t q0 = in.queries.tokens() - W;  // first window row in `queries`
   const float scale = in.scale > 0.0f ? in.scale : 1.0f / std::sqrt(static_cast<float>(d));
   std::vector<std::vector<double>> out(static_cast<std::size_t>(kvh));
+  std::atomic<bool> bad_input{false};
   in.exec.parallel_for(kvh, [&](index_t g) {
     std::vector<float> k(static_cast<std::size_t>(L * d)), q(static_cast<std::size_t>(d));
     for (index_t t = 0; t < L; ++t) in.keys.row_f32(t, g, k.data() + t * d);
@@ -108,7 +122,10 @@ inline std::vector<std::vector<double>> snap_importance(const eviction_inputs& i
           s[static_cast<std::size_t>(j)] = dot_f32(q.data(), k.data() + j * d, d);
           m = std::max(m, s[static_cast<std::size_t>(j)]);
         }
-        require(std::isfinite(m), "queries/keys", "finite values", "a non-finite score");
+        if (!std::isfinite(m)) {  // raised after the parallel region
+          bad_input = true;
+          return;
+        }
         float sum = 0.0f;
         for (index_t j = 0; j < n; ++j) {
           s[static_cast<std::size_t>(j)] = std::exp(s[static_cast<std::size_t>(j)] - m);
@@ -140,23 +157,12 @@ inline std::vector<std::vector<double>> snap_importance(const eviction_inputs& i
     for (index_t j = 0; j < std::min(L, p.prefix_tokens); ++j)
       pooled[static_cast<std::size_t>(j)] = inf;
   });
+  require(!bad_input, "queries/keys", "finite values", "a non-finite attention score");
   return out;
 }
 
-// Indices ranked by (score descending, index ascending): the first k, ascending.
 inline std::vector<index_t> top_k_double(const std::vector<double>& score, index_t k) {
-  const index_t n = static_cast<index_t>(score.size());
-  k = std::clamp<index_t>(k, 0, n);
-  std::vector<index_t> idx(static_cast<std::size_t>(n));
-  std::iota(idx.begin(), idx.end(), index_t{0});
-  const auto better = [&](index_t a, index_t b) {
-    const double sa = score[static_cast<std::size_t>(a)], sb = score[static_cast<std::size_t>(b)];
-    return sa > sb || (sa == sb && a < b);
-  };
-  if (k < n) std::nth_element(idx.begin(), idx.begin() + k, idx.end(), better);
-  idx.resize(static_cast<std::size_t>(k));
-  std::sort(idx.begin(), idx.end());
-  return idx;
+  return spattn::detail::top_k(score, k);
 }
 
 inline eviction_selection keep_all(index_t kv_heads, index_t L) {
@@ -183,16 +189,17 @@ inline index_t snap_capacity(const budget& b, index_t token_capacity, index_t L,
       return std::max<index_t>(
           1, static_cast<index_t>(std::ceil(b.value() * static_cast<double>(L) - 1e-9)));
     default:
-      throw error(detail::concat("argument 'budget': expected a token, kept-fraction or default "
+      throw error(
+          spattn::detail::concat("argument 'budget': expected a token, kept-fraction or default "
                                  "budget for ",
                                  policy, ", got ", b.describe()));
   }
 }
 
-}  // namespace detail
+}  // namespace snap_detail
 
 struct snapkv {
-  index_t token_capacity = 1024;      // tokens kept per KV head (paper config)
+  index_t token_capacity = 1024;       // tokens kept per KV head (paper config)
   index_t approximation_window = 256;  // last prompt queries that vote
   index_t kernel_size = 21;            // average pooling (paper config; reference class: 7)
   index_t local_window = 128;          // last tokens always kept (inside the capacity)
@@ -203,36 +210,39 @@ struct snapkv {
   // Pooled importance with forced positions (+inf), [kv_heads][L]; exposed for inspection.
   std::vector<std::vector<double>> importance(const eviction_inputs& in) const {
     const auto p = params();
-    const index_t L = detail::check_snap_inputs(in, p);
-    detail::check_snap_queries(in, p, L);
-    return detail::snap_importance(in, p, detail::snap_reduce::sum_mean);
+    const index_t L = snap_detail::check_snap_inputs(in, p);
+    snap_detail::check_snap_queries(in, p, L);
+    return snap_detail::snap_importance(in, p, snap_detail::snap_reduce::sum_mean);
   }
 
   eviction_selection select(const eviction_inputs& in, const budget& b) const {
-    detail::require_allocation(b, allocation::uniform, "snapkv (use ada_snapkv for adaptive)");
+    spattn::detail::require_allocation(b, allocation::uniform,
+                                       "snapkv (use ada_snapkv for adaptive)");
     const auto p = params();
-    const index_t L = detail::check_snap_inputs(in, p), kvh = in.keys.heads();
-    const index_t cap = std::min(detail::snap_capacity(b, token_capacity, L, "snapkv"), L);
-    if (cap == L) return detail::keep_all(kvh, L);
-    require(cap > local_window + prefix_tokens, "snapkv capacity",
-            detail::concat("> local_window + prefix_tokens (", local_window + prefix_tokens, ")"),
-            cap);
-    detail::check_snap_queries(in, p, L);
-    const auto imp = detail::snap_importance(in, p, detail::snap_reduce::sum_mean);
+    const index_t L = snap_detail::check_snap_inputs(in, p), kvh = in.keys.heads();
+    const index_t cap = std::min(snap_detail::snap_capacity(b, token_capacity, L, "snapkv"), L);
+    if (cap == L) return snap_detail::keep_all(kvh, L);
+    if (!(cap > local_window + prefix_tokens))
+      require(false, "snapkv capacity",
+              spattn::detail::concat("> local_window + prefix_tokens (",
+                                     local_window + prefix_tokens, ")"),
+              cap);
+    snap_detail::check_snap_queries(in, p, L);
+    const auto imp = snap_detail::snap_importance(in, p, snap_detail::snap_reduce::sum_mean);
     eviction_selection sel;
     for (index_t g = 0; g < kvh; ++g) {
       sel.lengths.push_back(L);
-      sel.keep.push_back(detail::top_k_double(imp[static_cast<std::size_t>(g)], cap));
+      sel.keep.push_back(snap_detail::top_k_double(imp[static_cast<std::size_t>(g)], cap));
     }
     return sel;
   }
 
  private:
-  detail::snap_params params() const {
+  snap_detail::snap_params params() const {
     return {approximation_window, kernel_size, local_window, prefix_tokens};
   }
 };
 
 static_assert(eviction_policy<snapkv>);
 
-}  // namespace spattn
+}  // namespace spattn::policies

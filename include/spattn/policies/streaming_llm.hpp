@@ -13,13 +13,14 @@
 // Defaults (a project choice, not reference values): 4 sinks, as SnapKV's prefix_tokens, and a
 // 1020-token window, so 1024 tokens in all like the other methods' default budget.
 // Budget: policy_default -> sink_tokens + local_window; tokens(t) -> t in all (window t - sinks);
-// kept fraction f -> ceil(f * n) for a head of n tokens. Coverage / adaptive raise.
+// kept fraction f -> ceil(f * n) for a head of n tokens (window at least 1). Coverage / adaptive
+// raise.
 #include <string>
 #include <vector>
 
 #include "spattn/policies/decode_policy.hpp"
 
-namespace spattn {
+namespace spattn::policies {
 
 struct streaming_llm {
   index_t sink_tokens = 4;
@@ -30,7 +31,7 @@ struct streaming_llm {
   // Recent-window size for a head holding n tokens.
   index_t window(const budget& b, index_t n) const {
     require(sink_tokens >= 0, "sink_tokens", ">= 0", sink_tokens);
-    detail::require_allocation(b, allocation::uniform, "streaming_llm");
+    spattn::detail::require_allocation(b, allocation::uniform, "streaming_llm");
     index_t total = 0;
     switch (b.kind()) {
       case budget_kind::policy_default:
@@ -39,16 +40,18 @@ struct streaming_llm {
       case budget_kind::tokens:
         total = static_cast<index_t>(b.value());
         break;
-      case budget_kind::ratio:
+      case budget_kind::ratio:  // short heads keep at least the sinks and the current token
         total = static_cast<index_t>(std::ceil(b.value() * static_cast<double>(n) - 1e-9));
-        break;
+        return std::max<index_t>(1, total - sink_tokens);
       default:
-        throw error(detail::concat("argument 'budget': expected a token, kept-fraction or default "
+        throw error(
+            spattn::detail::concat("argument 'budget': expected a token, kept-fraction or default "
                                    "budget for streaming_llm, got ",
                                    b.describe()));
     }
-    require(total > sink_tokens, "streaming_llm budget",
-            detail::concat("> sink_tokens (", sink_tokens, ") tokens"), total);
+    if (!(total > sink_tokens))
+      require(false, "streaming_llm budget",
+              spattn::detail::concat("> sink_tokens (", sink_tokens, ") tokens"), total);
     return total - sink_tokens;
   }
 
@@ -73,8 +76,10 @@ struct streaming_llm {
   }
 
   decode_selection select(const decode_inputs& in, const budget& b) const {
-    require(in.kv_heads() > 0 && !in.q.empty() && in.q.heads() % in.kv_heads() == 0, "q.heads",
-            detail::concat("a multiple of the KV heads (", in.kv_heads(), ")"), in.q.heads());
+    if (!(in.kv_heads() > 0 && !in.q.empty() && in.q.heads() % in.kv_heads() == 0))
+      require(false, "q.heads",
+              spattn::detail::concat("a multiple of the KV heads (", in.kv_heads(), ")"),
+              in.q.heads());
     decode_selection sel;
     sel.page_size = 1;
     sel.group = in.q.heads() / in.kv_heads();
@@ -99,4 +104,4 @@ struct streaming_llm {
 static_assert(decode_policy<streaming_llm>);
 static_assert(eviction_policy<streaming_llm>);
 
-}  // namespace spattn
+}  // namespace spattn::policies

@@ -80,20 +80,22 @@ struct decode_selection {
   void validate() const {
     require(page_size >= 1, "selection page_size", ">= 1", page_size);
     require(group >= 1, "selection group", ">= 1", group);
-    require(lengths.size() == pages.size(), "selection lengths",
-            detail::concat("one per selection head (", pages.size(), ")"), lengths.size());
+    if (!(lengths.size() == pages.size()))
+      require(false, "selection lengths",
+              detail::concat("one per selection head (", pages.size(), ")"), lengths.size());
     for (index_t s = 0; s < heads(); ++s) {
       const auto& p = pages[static_cast<std::size_t>(s)];
       const index_t len = lengths[static_cast<std::size_t>(s)];
       require(len >= 0, "selection lengths", ">= 0", len);
       const index_t np = page_count(s);
       for (std::size_t i = 0; i < p.size(); ++i) {
-        const std::string where = detail::concat("head ", s, " entry ", i);
-        require(p[i] >= 0 && p[i] < np, "selection pages",
-                detail::concat("page indices in [0, ", np, ") for ", where), p[i]);
-        require(i == 0 || p[i - 1] < p[i], "selection pages",
-                detail::concat("ascending unique page indices at ", where),
-                detail::concat(p[i - 1], " then ", p[i]));
+        if (!(p[i] >= 0 && p[i] < np))
+          require(false, "selection pages",
+                  detail::concat("page indices in [0, ", np, ") for head ", s, " entry ", i), p[i]);
+        if (!(i == 0 || p[i - 1] < p[i]))
+          require(false, "selection pages",
+                  detail::concat("ascending unique page indices at head ", s, " entry ", i),
+                  detail::concat(p[i - 1], " then ", p[i]));
       }
     }
   }
@@ -146,19 +148,22 @@ struct eviction_selection {
   }
 
   void validate() const {
-    require(lengths.size() == keep.size(), "eviction lengths",
-            detail::concat("one per KV head (", keep.size(), ")"), lengths.size());
+    if (!(lengths.size() == keep.size()))
+      require(false, "eviction lengths", detail::concat("one per KV head (", keep.size(), ")"),
+              lengths.size());
     for (index_t h = 0; h < heads(); ++h) {
       const auto& k = keep[static_cast<std::size_t>(h)];
       const index_t len = lengths[static_cast<std::size_t>(h)];
       require(len >= 0, "eviction lengths", ">= 0", len);
       for (std::size_t i = 0; i < k.size(); ++i) {
-        const std::string where = detail::concat("head ", h, " entry ", i);
-        require(k[i] >= 0 && k[i] < len, "eviction keep",
-                detail::concat("token indices in [0, ", len, ") for ", where), k[i]);
-        require(i == 0 || k[i - 1] < k[i], "eviction keep",
-                detail::concat("ascending unique token indices at ", where),
-                detail::concat(k[i - 1], " then ", k[i]));
+        if (!(k[i] >= 0 && k[i] < len))
+          require(false, "eviction keep",
+                  detail::concat("token indices in [0, ", len, ") for head ", h, " entry ", i),
+                  k[i]);
+        if (!(i == 0 || k[i - 1] < k[i]))
+          require(false, "eviction keep",
+                  detail::concat("ascending unique token indices at head ", h, " entry ", i),
+                  detail::concat(k[i - 1], " then ", k[i]));
       }
     }
   }
