@@ -32,6 +32,11 @@ inline void prefetch_row(const void* p, index_t bytes) {
   for (index_t o = 0; o < bytes; o += 64) _mm_prefetch(c + o, _MM_HINT_T0);
 }
 
+inline void prefetch_row_l2(const void* p, index_t bytes) {
+  const char* c = static_cast<const char*>(p);
+  for (index_t o = 0; o < bytes; o += 64) _mm_prefetch(c + o, _MM_HINT_T1);
+}
+
 // Scores of RP rows against nb keys: s[r][j] = q_r . k_j (q pre-scaled). Keys up to `avail`
 // after b0 exist (for prefetching K ahead); when `val` rows are given they are prefetched too,
 // for the P.V pass that follows.
@@ -54,6 +59,12 @@ inline void decode_qk(const float* q, index_t dpad, index_t d, KeyPtr key, ValPt
         const index_t kt_idx = b0 + std::min(jg + jj + u, nb - 1);
         kr[u] = key(kt_idx);
         if (jg + jj + u < nb) {
+          // Far: this head's next block into L2 (the other heads' blocks come between).
+          // Near: K a few keys ahead, and V for the P.V pass right after, into L1.
+          if (kt_idx - b0 + BC < avail) {
+            prefetch_row_l2(key(kt_idx + BC), row_bytes);
+            if (prefetch_v) prefetch_row_l2(val(kt_idx + BC), row_bytes);
+          }
           if (kt_idx - b0 + decode_prefetch_keys < avail) {
             prefetch_row(key(kt_idx + decode_prefetch_keys), row_bytes);
           }
@@ -264,7 +275,7 @@ void decode_sequences(const tensor_view<const TQ>& q, const tensor_view<const TK
         auto key = [&](index_t t) { return k.row(sp.k_begin + t, kvh); };
         auto val = [&](index_t t) { return v.row(sp.k_begin + t, kvh); };
         decode_range<TKV>(qs.data() + kvh * rows * dpad, d, key, val, b0, b1, state(kvh), valid_of,
-                          sbuf.data(), std::min(it.k1, b1 + BC));
+                          sbuf.data(), std::min(it.k1, b1 + 2 * BC));
       }
     }
   });
