@@ -294,21 +294,8 @@ void decode_sequences(const tensor_view<const TQ>& q, const tensor_view<const TK
     thread_local std::vector<float> acc;
     acc.assign(static_cast<std::size_t>(dpad), 0.0f);
     for (int r = 0; r < rows; ++r) {
-      float m = neg_inf;
-      for (index_t ch = 0; ch < gr.chunks; ++ch) m = std::max(m, part(ch)[rows * dpad + r]);
-      std::fill(acc.begin(), acc.end(), 0.0f);
-      float l = 0.0f;
-      if (m != neg_inf) {
-        for (index_t ch = 0; ch < gr.chunks; ++ch) {
-          const float* b = part(ch);
-          const float mc = b[rows * dpad + r], lc = b[rows * dpad + rows + r];
-          if (lc == 0.0f) continue;
-          const float w = std::exp2(mc - m);
-          l += lc * w;
-          const float* o = b + r * dpad;
-          for (index_t x = 0; x < d; ++x) acc[static_cast<std::size_t>(x)] += w * o[x];
-        }
-      }
+      float m, l;
+      merge_partials(part, gr.chunks, rows, r, d, dpad, acc.data(), m, l);
       const index_t g = r / sp.q_len, i = r % sp.q_len;
       const index_t h = kvh * c.group + g, t = sp.q_begin + i;
       finalize_row(acc.data(), m, l, d, out.row(t, h), lse.empty() ? nullptr : &lse.at(t, h));

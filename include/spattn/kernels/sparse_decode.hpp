@@ -157,25 +157,10 @@ void sparse_decode_run(const tensor_view<const TQ>& q, const Cache& cache,
     const int rows = static_cast<int>(plan.rows(s));
     thread_local std::vector<float> acc;
     acc.assign(static_cast<std::size_t>(dpad), 0.0f);
+    auto part = [&](index_t ch) { return partial.data() + (gr.first_slot + ch) * stride; };
     for (int r = 0; r < rows; ++r) {
-      float m = neg_inf;
-      for (index_t ch = 0; ch < gr.chunks; ++ch) {
-        const float* b = partial.data() + (gr.first_slot + ch) * stride;
-        m = std::max(m, b[rows * dpad + r]);
-      }
-      std::fill(acc.begin(), acc.end(), 0.0f);
-      float l = 0.0f;
-      if (m != neg_inf) {
-        for (index_t ch = 0; ch < gr.chunks; ++ch) {
-          const float* b = partial.data() + (gr.first_slot + ch) * stride;
-          const float mc = b[rows * dpad + r], lc = b[rows * dpad + rows + r];
-          if (lc == 0.0f) continue;
-          const float w = std::exp2(mc - m);
-          l += lc * w;
-          const float* o = b + r * dpad;
-          for (index_t x = 0; x < d; ++x) acc[static_cast<std::size_t>(x)] += w * o[x];
-        }
-      }
+      float m, l;
+      merge_partials(part, gr.chunks, rows, r, d, dpad, acc.data(), m, l);
       const index_t h = plan.q_head(s, r);
       finalize_row(acc.data(), m, l, d, out.row(0, h), lse.empty() ? nullptr : &lse.at(0, h));
     }

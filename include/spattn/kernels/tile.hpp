@@ -262,6 +262,29 @@ inline void attend_tile(const float* qs, index_t d, const float* kt, const float
   }
 }
 
+// Merges row r of the split-K partial results of `chunks` chunks, in chunk order (so the result
+// never depends on which thread computed which chunk). part(ch) points at chunk ch's buffer:
+// O [rows][dpad], then m [rows] (log2 units), then l [rows]. Writes the unnormalised sum to acc
+// [d] and returns the merged (m, l) for finalize_row.
+template <class PartPtr>
+inline void merge_partials(PartPtr part, index_t chunks, int rows, int r, index_t d, index_t dpad,
+                           float* acc, float& m, float& l) {
+  m = neg_inf;
+  for (index_t ch = 0; ch < chunks; ++ch) m = std::max(m, part(ch)[rows * dpad + r]);
+  std::fill(acc, acc + d, 0.0f);
+  l = 0.0f;
+  if (m == neg_inf) return;
+  for (index_t ch = 0; ch < chunks; ++ch) {
+    const float* b = part(ch);
+    const float mc = b[rows * dpad + r], lc = b[rows * dpad + rows + r];
+    if (lc == 0.0f) continue;
+    const float w = std::exp2(mc - m);
+    l += lc * w;
+    const float* o = b + r * dpad;
+    for (index_t x = 0; x < d; ++x) acc[x] += w * o[x];
+  }
+}
+
 // Writes O / l (fp32 -> T) and the LSE (natural log) of one row; a fully masked row gives zeros
 // and LSE = -inf.
 template <class T>
