@@ -16,7 +16,7 @@ namespace {
 
 std::vector<std::byte> bytes_of(const std::string& s) {
   std::vector<std::byte> b(s.size());
-  std::memcpy(b.data(), s.data(), s.size());
+  if (!s.empty()) std::memcpy(b.data(), s.data(), s.size());  // memcpy(nullptr, ..., 0) is UB
   return b;
 }
 
@@ -37,7 +37,7 @@ std::string v1_file(const std::string& dict, const std::string& data, bool pad =
 
 std::string floats(std::initializer_list<float> xs) {
   std::string s(xs.size() * 4, '\0');
-  std::memcpy(s.data(), std::data(xs), s.size());
+  if (!s.empty()) std::memcpy(s.data(), std::data(xs), s.size());
   return s;
 }
 
