@@ -17,16 +17,31 @@
 // policy refuses (spattn::error from select(), e.g. below its forced parts or a coverage budget for
 // a fixed pattern) becomes budget_not_met: reported in the results, not fatal.
 //
+// Decode policies and eviction policies have their generic adapters too, one line each:
+//
+//   m.push_back(decode_method(policies::quest{}, "quest", "description"));      // decode_policy
+//   m.push_back(eviction_method(policies::snapkv{}, "snapkv", "description"));  // eviction_policy
+//
+// decode_method() keeps the full cache and, per decode step, times select() (the estimation,
+// also timed on its own) + sparse_decode(); eviction_method() evicts the prompt's cache once with
+// select() (the estimation: paid once per sequence, timed apart) and times one cache_decode()
+// step on the compacted cache. Both fill r.keys for every decode step, r.out with every step's
+// output (out_first 0) and the selection's native .npy form (pages per step, or kept tokens per
+// KV head); see "Decode policies" below.
+//
 // Other methods write a run function by hand (see run_dense). Decode methods fill r.keys for each
-// of the phase's decode steps (keys_from_table) and time the last step; r.out then holds that
-// step's output with r.out_first = p.q_tokens - 1. Everything else (density, FLOPs, accuracy
-// against dense, needle recall, tables, CSV/JSON, selections as .npy) is done by the tool from
-// those fields.
+// of the phase's decode steps (keys_from_table or similar) and time the last step; r.out holds
+// the output of steps out_first .. q_tokens - 1 (run_dense: the last step only). Everything else
+// (density, FLOPs, accuracy against dense, needle recall, tables, CSV/JSON, selections as .npy)
+// is done by the tool from those fields.
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <concepts>
+#include <cstdint>
 #include <filesystem>
 #include <functional>
+#include <limits>
 #include <memory>
 #include <stdexcept>
 #include <string>
@@ -129,7 +144,9 @@ struct method_run {
   double computed_pairs = -1;      // < 0: counted from `keys`
   double estimation_flops = 0;     // FLOPs spent estimating importance (selection), not attention
   double seconds = 0;              // measured (fastest call): selection + kernel, as a user pays
-  double estimation_seconds = -1;  // of that, the selection alone (fastest call); < 0: none
+                                   // per call (eviction: one decode step, the eviction apart)
+  double estimation_seconds = -1;  // of that, the selection alone (fastest call); < 0: none;
+                                   // eviction: the one eviction per sequence, not in `seconds`
   std::vector<float> out;   // optional kernel output, [q_tokens - out_first, heads, head_dim]
   index_t out_first = 0;    // first q token `out` covers
   std::string budget_note;  // e.g. the window chosen for a compression budget
@@ -327,7 +344,341 @@ method prefill_method(P policy, std::string name = {}, std::string description =
           [policy](const problem& p, const budget& b) { return run_prefill_policy(policy, p, b); }};
 }
 
-// The registry. Decode policies (issue 5) are added here as they land.
+// ---------------------------------------------------------------------------------------------
+// Decode policies (spattn::decode_policy, e.g. Quest) and eviction policies
+// (spattn::eviction_policy: SnapKV, Ada-SnapKV, StreamingLLM): one generic adapter each.
+//
+// A decode problem has a prompt of L = q_offset tokens and q_tokens decode steps; step i is the
+// token at position L + i, whose key is in the cache when it decodes (the cache holds [0, L + i]).
+//
+//  decode_method(policy):   the full cache is kept (kv_cache<T>, with Quest page summaries of the
+//      policy's `page_size` when it has one). Every step: append the token, select() on the
+//      cache, sparse_decode() over the selection. Time: the last step's select() +
+//      sparse_decode(), as a user pays them per generated token; estimation: select() alone.
+//  eviction_method(policy): select() once on the prompt (its last queries and keys: what SnapKV
+//      reads right after prefill), compact the prompt's cache to the kept tokens, then every
+//      step appends its token (decode tokens are never evicted: one eviction per sequence, as in
+//      the reference) and runs cache_decode() over what the cache holds. Time: the last step's
+//      cache_decode(); estimation: the eviction select(), paid once per sequence (amortised over
+//      the generated tokens), not included in the step time.
+// Both record every step's output (out_first = 0), so the tool checks every step's kernel output
+// against the oracle over the key sets it reports, and both raise budget_not_met for a budget
+// select() refuses (spattn::error, e.g. below SnapKV's forced prefix + window, or a coverage
+// budget).
+
+// FLOPs a policy's select() spends estimating importance. The library's policies are known here;
+// another policy reports 0 unless an overload policy_estimation_flops(policy, inputs, selection)
+// is visible (declared before this header's adapters, or in the policy's namespace).
+//  quest: per selection head, every complete page scored against the page's min and max keys,
+//         sum_d q+_d max_d + q-_d min_d: 4 * head_dim FLOPs (a shared GQA group is scored once
+//         with the group's summed q+ and q-, as policies::quest computes it).
+inline double policy_estimation_flops(const policies::quest& policy, const decode_inputs& in,
+                                      const decode_selection& sel) {
+  const index_t kvh = in.kv_heads(), group = kvh > 0 ? in.q.heads() / kvh : 1;
+  double pages = 0;
+  for (const index_t n : in.lengths)
+    pages += static_cast<double>(n > 0 ? (n - 1) / policy.page_size : 0);
+  return 4.0 * static_cast<double>(in.q.head_dim()) * pages *
+         (sel.per_query_head ? static_cast<double>(group) : 1.0);
+}
+
+namespace impl {
+// SnapKV-family scoring: every query head's last `window` prompt queries against the keys they see
+// (row i of the window sees L - window + i + 1 keys), 2 * head_dim FLOPs per score (softmax,
+// pooling and top-k are O(L) per head and left out). An identity selection (capacity >= L) looks
+// at no query: 0.
+inline double snap_estimation_flops(index_t window, const eviction_inputs& in,
+                                    const eviction_selection& sel) {
+  if (sel.is_identity() || in.keys.empty() || in.queries.empty()) return 0.0;
+  const double L = static_cast<double>(in.keys.tokens()), W = static_cast<double>(window);
+  const double scores = W * (L - W + 1.0) + W * (W - 1.0) / 2.0;
+  return 2.0 * static_cast<double>(in.keys.head_dim()) * static_cast<double>(in.queries.heads()) *
+         scores;
+}
+}  // namespace impl
+
+inline double policy_estimation_flops(const policies::snapkv& policy, const eviction_inputs& in,
+                                      const eviction_selection& sel) {
+  return impl::snap_estimation_flops(policy.approximation_window, in, sel);
+}
+inline double policy_estimation_flops(const policies::ada_snapkv& policy, const eviction_inputs& in,
+                                      const eviction_selection& sel) {
+  return impl::snap_estimation_flops(policy.approximation_window, in, sel);
+}
+
+template <class P, class In, class Sel>
+double estimation_flops_of(const P& policy, const In& in, const Sel& sel) {
+  if constexpr (requires { policy_estimation_flops(policy, in, sel); }) {
+    return policy_estimation_flops(policy, in, sel);
+  } else {
+    return 0.0;
+  }
+}
+
+// Quest page summaries a decode policy needs: its `page_size` member when it has one (Quest's),
+// else none.
+template <class P>
+index_t summary_page_size(const P& policy) {
+  if constexpr (requires {
+                  { policy.page_size } -> std::convertible_to<index_t>;
+                }) {
+    return policy.page_size;
+  } else {
+    return 0;
+  }
+}
+
+// Key sets of a decode policy: steps[t] is step t's selection; query head h reads selection head
+// h (per query head) or h / group (shared by its KV head's group).
+inline key_set_fn keys_from_decode_selections(
+    std::shared_ptr<const std::vector<decode_selection>> steps) {
+  return [steps](index_t h, index_t t) {
+    const auto& sel = (*steps)[static_cast<std::size_t>(t)];
+    std::vector<index_t> ks;
+    for (const auto& [a, z] : sel.ranges(sel.per_query_head ? h : h / sel.group))
+      for (index_t j = a; j < z; ++j) ks.push_back(j);
+    return ks;
+  };
+}
+
+// Key sets after one eviction of a prompt of `prompt` tokens: query head h (KV head h / group) at
+// decode step t reads the kept prompt tokens of its KV head and the decode tokens
+// [prompt, prompt + t].
+inline key_set_fn keys_from_eviction(std::shared_ptr<const eviction_selection> sel, index_t group,
+                                     index_t prompt) {
+  return [sel, group, prompt](index_t h, index_t t) {
+    std::vector<index_t> ks = sel->keep[static_cast<std::size_t>(h / group)];
+    for (index_t j = prompt; j <= prompt + t; ++j) ks.push_back(j);
+    return ks;
+  };
+}
+
+namespace impl {
+inline void write_i64(const std::filesystem::path& file, const std::vector<std::int64_t>& x) {
+  eval::write_npy<std::int64_t>(file, std::vector<index_t>{static_cast<index_t>(x.size())}, x);
+}
+}  // namespace impl
+
+// A decode policy's selections in their native form (--save-selections; documented in
+// spattn-compare --help and the README). Entry e = s * steps + i is selection head s (a KV head,
+// or a query head when per_query_head) at decode step i (query token q_offset + i):
+//   decode_layout.npy int64 [6]  selection heads, steps, q_offset, page_size, group (query heads
+//                                per KV head), per_query_head (0: query head h reads entry of
+//                                selection head h / group; 1: of h)
+//   page_lengths.npy  int64 [heads * steps]      tokens the KV head held (q_offset + i + 1)
+//   page_offsets.npy  int64 [heads * steps + 1]  CSR offsets into pages
+//   pages.npy         int64 [np]  selected pages of entry e: pages[page_offsets[e] :
+//                     page_offsets[e + 1]], page p covering tokens
+//                     [p * page_size, min((p + 1) * page_size, length))
+inline void save_decode_selections(const std::filesystem::path& dir,
+                                   const std::vector<decode_selection>& steps, index_t q_offset) {
+  std::filesystem::create_directories(dir);
+  const index_t n = static_cast<index_t>(steps.size());
+  const index_t heads = n ? steps.front().heads() : 0;
+  std::vector<std::int64_t> lengths, offsets{0}, pages;
+  for (index_t s = 0; s < heads; ++s) {
+    for (const auto& sel : steps) {
+      require(sel.heads() == heads, "decode selections", "the same heads at every step",
+              sel.heads());
+      const auto& p = sel.pages[static_cast<std::size_t>(s)];
+      lengths.push_back(sel.lengths[static_cast<std::size_t>(s)]);
+      pages.insert(pages.end(), p.begin(), p.end());
+      offsets.push_back(static_cast<std::int64_t>(pages.size()));
+    }
+  }
+  const decode_selection none;
+  const auto& first = n ? steps.front() : none;
+  impl::write_i64(dir / "decode_layout.npy",
+                  {heads, n, q_offset, first.page_size, first.group, first.per_query_head ? 1 : 0});
+  impl::write_i64(dir / "page_lengths.npy", lengths);
+  impl::write_i64(dir / "page_offsets.npy", offsets);
+  impl::write_i64(dir / "pages.npy", pages);
+}
+
+// An eviction policy's selection in its native form: the prompt tokens each KV head keeps.
+//   eviction_layout.npy int64 [4]  kv_heads, group (query heads per KV head), prompt tokens L
+//                                  (= q_offset), steps
+//   kept_offsets.npy    int64 [kv_heads + 1]  CSR offsets into kept
+//   kept.npy            int64 [nk]  kept prompt positions of KV head g, ascending:
+//                       kept[kept_offsets[g] : kept_offsets[g + 1]]
+// Decode step i (query token L + i) of query head h reads the kept tokens of KV head h / group
+// and the decode tokens [L, L + i].
+inline void save_eviction_selection(const std::filesystem::path& dir, const eviction_selection& sel,
+                                    index_t group, index_t prompt, index_t steps) {
+  std::filesystem::create_directories(dir);
+  std::vector<std::int64_t> offsets{0}, kept;
+  for (const auto& k : sel.keep) {
+    kept.insert(kept.end(), k.begin(), k.end());
+    offsets.push_back(static_cast<std::int64_t>(kept.size()));
+  }
+  impl::write_i64(dir / "eviction_layout.npy", {sel.heads(), group, prompt, steps});
+  impl::write_i64(dir / "kept_offsets.npy", offsets);
+  impl::write_i64(dir / "kept.npy", kept);
+}
+
+// Runs a decode policy on a decode problem (see above). A budget select() refuses raises
+// budget_not_met.
+template <decode_policy P>
+method_run run_decode_policy(const P& policy, const problem& p, const budget& b) {
+  require(p.ph == phase::decode, "phase", "decode (a decode policy)", phase_name(p.ph));
+  require(p.q_offset >= 1 && p.q_tokens >= 1, "decode problem",
+          "a prompt and at least one decode step",
+          spattn::detail::concat(p.q_offset, " prompt tokens, ", p.q_tokens, " steps"));
+  using clock = std::chrono::steady_clock;
+  method_run r;
+  const index_t H = p.heads(), D = p.head_dim(), L = p.q_offset, steps = p.q_tokens;
+  const auto HD = static_cast<std::size_t>(H * D);
+  auto sels = std::make_shared<std::vector<decode_selection>>();
+  double select_best = 1e300;
+  r.out.assign(static_cast<std::size_t>(steps) * HD, 0.0f);
+  with_storage_type(p.type(), [&](auto tag) {
+    using T = decltype(tag);
+    const auto q = p.q().as<T>(), k = p.k().as<T>(), v = p.v().as<T>();
+    attention_options opt;
+    opt.exec = p.exec;
+    auto choose = [&](const tensor_view<const T>& q1, const kv_cache<T>& cache) {
+      try {
+        return policy.select(make_decode_inputs(q1, cache, p.exec), b);
+      } catch (const error& e) {  // deterministic: the first step raises, before any timing
+        throw budget_not_met(e.what());
+      }
+    };
+    kv_cache<T> cache(p.kv_heads(), D, p.tokens());
+    cache.append(k.slice_tokens(0, L), v.slice_tokens(0, L));
+    if (const index_t ps = summary_page_size(policy); ps > 0) cache.enable_summaries(ps);
+    for (index_t t = 0; t < steps; ++t) {
+      cache.append(k.slice_tokens(L + t, 1), v.slice_tokens(L + t, 1));
+      const auto q1 = q.slice_tokens(t, 1);
+      sels->push_back(choose(q1, cache));
+      sparse_decode(q1, cache, sels->back(),
+                    tensor_view<float>(r.out.data() + static_cast<std::size_t>(t) * HD, 1, H, D),
+                    {}, opt);
+    }
+    // The last step as a user pays it per generated token: select() then sparse_decode().
+    const auto q1 = q.slice_tokens(steps - 1, 1);
+    std::vector<float> o(HD);
+    r.seconds = time_best(p.reps, [&] {
+      const auto t0 = clock::now();
+      const decode_selection sel = choose(q1, cache);
+      select_best = std::min(select_best, std::chrono::duration<double>(clock::now() - t0).count());
+      sparse_decode(q1, cache, sel, tensor_view<float>(o.data(), 1, H, D), {}, opt);
+    });
+    r.estimation_flops =
+        estimation_flops_of(policy, make_decode_inputs(q1, cache, p.exec), sels->back());
+  });
+  r.estimation_seconds = select_best;
+  const decode_selection& last = sels->back();
+  index_t lo = std::numeric_limits<index_t>::max(), hi = 0;
+  for (index_t s = 0; s < last.heads(); ++s) {
+    lo = std::min(lo, last.tokens(s));
+    hi = std::max(hi, last.tokens(s));
+  }
+  r.budget_note = spattn::detail::concat(
+      "last step: ", lo == hi ? spattn::detail::concat(lo) : spattn::detail::concat(lo, "-", hi),
+      " of ", p.tokens(), " tokens per ", last.per_query_head ? "query" : "KV", " head",
+      last.page_size > 1 ? spattn::detail::concat(" in pages of ", last.page_size) : "");
+  r.keys = keys_from_decode_selections(sels);
+  r.save_selection = [sels, L](const std::filesystem::path& dir) {
+    save_decode_selections(dir, *sels, L);
+  };
+  return r;
+}
+
+// Runs an eviction policy on a decode problem (see above). A budget select() refuses raises
+// budget_not_met.
+template <eviction_policy P>
+method_run run_eviction_policy(const P& policy, const problem& p, const budget& b) {
+  require(p.ph == phase::decode, "phase", "decode (an eviction policy)", phase_name(p.ph));
+  require(p.q_offset >= 1 && p.q_tokens >= 1, "decode problem",
+          "a prompt and at least one decode step",
+          spattn::detail::concat(p.q_offset, " prompt tokens, ", p.q_tokens, " steps"));
+  method_run r;
+  const index_t H = p.heads(), KVH = p.kv_heads(), D = p.head_dim(), L = p.q_offset;
+  const index_t steps = p.q_tokens, group = H / KVH;
+  const auto HD = static_cast<std::size_t>(H * D);
+  auto sel = std::make_shared<eviction_selection>();
+  r.out.assign(static_cast<std::size_t>(steps) * HD, 0.0f);
+  with_storage_type(p.type(), [&](auto tag) {
+    using T = decltype(tag);
+    const auto qa = p.in->q.view().as<T>(), k = p.k().as<T>(), v = p.v().as<T>();
+    const auto q = p.q().as<T>();
+    // What the policy sees right after prefill: the prompt's queries (it reads its last ones) and
+    // keys, every KV head holding L tokens.
+    eviction_inputs in;
+    in.queries = qa.slice_tokens(0, L);
+    in.keys = k.slice_tokens(0, L);
+    in.lengths.assign(static_cast<std::size_t>(KVH), L);
+    in.exec = p.exec;
+    try {  // deterministic: the first (warm-up) call raises, before anything is timed
+      r.estimation_seconds = time_best(p.reps, [&] { *sel = policy.select(in, b); });
+    } catch (const error& e) {
+      throw budget_not_met(e.what());
+    }
+    r.estimation_flops = estimation_flops_of(policy, in, *sel);
+    kv_cache<T> cache(KVH, D, L + steps);
+    cache.append(k.slice_tokens(0, L), v.slice_tokens(0, L));
+    cache.compact(*sel);
+    attention_options opt;
+    opt.exec = p.exec;
+    for (index_t t = 0; t < steps; ++t) {
+      cache.append(k.slice_tokens(L + t, 1), v.slice_tokens(L + t, 1));
+      for (index_t g = 0; g < KVH; ++g)
+        require(cache.length(g) == sel->kept(g) + t + 1, "evicted cache length",
+                sel->kept(g) + t + 1, cache.length(g));
+      cache_decode(q.slice_tokens(t, 1), cache,
+                   tensor_view<float>(r.out.data() + static_cast<std::size_t>(t) * HD, 1, H, D), {},
+                   opt);
+    }
+    // The last step: one decode over what the evicted cache holds.
+    const auto q1 = q.slice_tokens(steps - 1, 1);
+    std::vector<float> o(HD);
+    r.seconds = time_best(
+        p.reps, [&] { cache_decode(q1, cache, tensor_view<float>(o.data(), 1, H, D), {}, opt); });
+  });
+  index_t lo = std::numeric_limits<index_t>::max(), hi = 0;
+  for (index_t g = 0; g < sel->heads(); ++g) {
+    lo = std::min(lo, sel->kept(g));
+    hi = std::max(hi, sel->kept(g));
+  }
+  r.budget_note = spattn::detail::concat(
+      "kept ", lo == hi ? spattn::detail::concat(lo) : spattn::detail::concat(lo, "-", hi), " of ",
+      L, " prompt tokens per KV head (+ the decode tokens); evicted once per sequence in ",
+      std::round(r.estimation_seconds * 1e4) / 10, " ms (estimation)");
+  r.keys = keys_from_eviction(sel, group, L);
+  r.save_selection = [sel, group, L, steps](const std::filesystem::path& dir) {
+    save_eviction_selection(dir, *sel, group, L, steps);
+  };
+  return r;
+}
+
+// A decode method from any decode policy / eviction policy: one line in builtin_methods(). The
+// name defaults to policy.name().
+template <decode_policy P>
+method decode_method(P policy, std::string name = {}, std::string description = {}) {
+  if (name.empty()) name = policy.name();
+  if (description.empty()) description = "decode policy '" + policy.name() + "' (user-defined)";
+  return {std::move(name),
+          std::move(description),
+          /*prefill=*/false,
+          /*decode=*/true,
+          /*uses_budget=*/true,
+          [policy](const problem& p, const budget& b) { return run_decode_policy(policy, p, b); }};
+}
+
+template <eviction_policy P>
+method eviction_method(P policy, std::string name = {}, std::string description = {}) {
+  if (name.empty()) name = policy.name();
+  if (description.empty()) description = "eviction policy '" + policy.name() + "' (user-defined)";
+  return {
+      std::move(name),
+      std::move(description),
+      /*prefill=*/false,
+      /*decode=*/true,
+      /*uses_budget=*/true,
+      [policy](const problem& p, const budget& b) { return run_eviction_policy(policy, p, b); }};
+}
+
+// The registry.
 inline std::vector<method> builtin_methods() {
   std::vector<method> m;
   m.push_back({"dense", "dense causal attention (kernels/prefill.hpp, kernels/decode.hpp)", true,
@@ -347,6 +698,20 @@ inline std::vector<method> builtin_methods() {
                              "policies::flexprefill: vertical-slash sized by attention-mass "
                              "coverage (alpha 0.65, min 512); coverage:F budgets set alpha"));
   m.push_back(prefill_method(strided_policy{}));  // a user's policy: examples/strided_policy.hpp
+  m.push_back(
+      decode_method(policies::quest{}, "quest",
+                    "policies::quest: per step, the top pages of 16 tokens by their min/max "
+                    "key bound (shared by a GQA group) + the current page; full cache kept"));
+  m.push_back(
+      eviction_method(policies::snapkv{}, "snapkv",
+                      "policies::snapkv: evicts the prompt's cache once, keeping per KV head "
+                      "the tokens the last 256 prompt queries attend (pooled, kernel 21)"));
+  m.push_back(eviction_method(policies::ada_snapkv{}, "ada-snapkv",
+                              "policies::ada_snapkv: as snapkv (max/max scores), the budget shared "
+                              "across KV heads (floor 0.2 of the uniform share)"));
+  m.push_back(eviction_method(policies::streaming_llm{}, "streaming-llm",
+                              "policies::streaming_llm: evicts the prompt's cache to 4 sinks + the "
+                              "recent window"));
   return m;
 }
 

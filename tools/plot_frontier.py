@@ -73,10 +73,12 @@ def main(argv):
             unmet[(r["phase"], r["method"])].append(r["budget"])
     cfg = data.get("config", {})
     fig, axes = plt.subplots(len(phases), 2, figsize=(12, 4.6 * len(phases)), squeeze=False)
-    methods = sorted({k[1] for k in points}, key=lambda m: (m != "dense", m))
-    colors = {m: plt.cm.tab10(i % 10) for i, m in enumerate(methods)}
     markers = "osD^v<>ph*"
     for row, phase in enumerate(phases):
+        # Colours and markers per phase (each phase has at most ~10 methods; across phases the
+        # method sets differ), dense first so that it always looks the same.
+        methods = sorted({k[1] for k in points if k[0] == phase}, key=lambda m: (m != "dense", m))
+        colors = {m: plt.cm.tab10(i % 10) for i, m in enumerate(methods)}
         # Exact runs (error 0, e.g. a policy default that keeps everything on a short input) are
         # drawn on a floor line below the smallest non-zero error of the phase.
         nonzero = [v["error"] for k, v in points.items()
@@ -154,6 +156,13 @@ def main(argv):
             for (ph, m), bs in sorted(unmet.items())))
     if skipped:
         notes.append(f"{', '.join(skipped)}: dense only (no sparse method ran), not drawn")
+    # Eviction methods (tools/compare_methods.hpp, eviction_method) say so in their budget note.
+    evictions = sorted({r["method"] for r in data["results"] if r["phase"] == "decode"
+                        and "evicted once" in r.get("budget_note", "")})
+    if "decode" in phases and evictions:
+        notes.append(f"decode: {', '.join(evictions)} evict the prompt's cache once per sequence "
+                     "(its cost is their estimation, not in the step time plotted); other decode "
+                     "methods' times include their per-step selection")
     if notes:
         fig.text(0.01, 0.005, "\n".join(notes), fontsize=8, color="dimgrey", va="bottom")
     fig.tight_layout(rect=(0, 0.025 * len(notes), 1, 1))

@@ -28,7 +28,25 @@
 //                                       block_starts[block_offsets[e] : block_offsets[e + 1]]
 //                   column_offsets.npy  int64 [heads*q_blocks + 1]  CSR offsets, likewise
 //                   columns.npy         int64 [nc]  extra key columns of entry e
-//                   (tools/compare_methods.hpp, save_prefill_selection).
+//                   (tools/compare_methods.hpp, save_prefill_selection);
+//                   decode policies (Quest), per selection head s and decode step i (entry
+//                   e = s*steps + i, query token q_offset + i):
+//                   decode_layout.npy   int64 [6] heads (selection heads: KV heads, or query
+//                                       heads when per_query_head), steps, q_offset, page_size,
+//                                       group, per_query_head
+//                   page_lengths.npy    int64 [heads*steps]  tokens the KV head held
+//                   page_offsets.npy    int64 [heads*steps + 1]  CSR offsets: pages of entry e
+//                   pages.npy           int64 [np]  are pages[page_offsets[e] :
+//                                       page_offsets[e + 1]], page p the tokens
+//                                       [p*page_size, min((p + 1)*page_size, length))
+//                   (save_decode_selections); eviction policies (SnapKV, Ada-SnapKV,
+//                   StreamingLLM), the prompt tokens each KV head keeps:
+//                   eviction_layout.npy int64 [4] kv_heads, group, prompt tokens L (=
+//                                       q_offset), steps
+//                   kept_offsets.npy    int64 [kv_heads + 1]  CSR offsets: KV head g keeps
+//                   kept.npy            int64 [nk]  kept[kept_offsets[g] : kept_offsets[g + 1]];
+//                                       decode step i also reads the decode tokens [L, L + i]
+//                   (save_eviction_selection).
 //
 // Input folder (--input DIR): q.npy, k.npy, v.npy, or layerNN_q.npy / layerNN_k.npy /
 // layerNN_v.npy for several layers (tools/export_qkv.py writes these): little-endian '<f4' or
@@ -796,7 +814,21 @@ int main(int argc, char** argv) {
       "    block_starts.npy + block_offsets.npy: key blocks [s, s+block_k) of entry e are\n"
       "      block_starts[block_offsets[e] : block_offsets[e+1]];\n"
       "    columns.npy + column_offsets.npy: extra key columns of entry e, likewise.\n"
-      "  Keys past a query's position are masked (causal).",
+      "  Keys past a query's position are masked (causal).\n"
+      "  For decode policies (quest), the pages of every decode step, per selection head s (a KV\n"
+      "  head, or a query head when per_query_head) and step i (entry e = s*steps + i):\n"
+      "    decode_layout.npy: int64 [heads, steps, q_offset, page_size, group, per_query_head];\n"
+      "    pages.npy + page_offsets.npy: pages of entry e are pages[page_offsets[e] :\n"
+      "      page_offsets[e+1]], page p the tokens [p*page_size, min((p+1)*page_size, length)),\n"
+      "      length = page_lengths.npy[e] (q_offset + i + 1).\n"
+      "  For eviction policies (snapkv, ada-snapkv, streaming-llm), the prompt tokens kept:\n"
+      "    eviction_layout.npy: int64 [kv_heads, group, prompt tokens L, steps];\n"
+      "    kept.npy + kept_offsets.npy: KV head g keeps kept[kept_offsets[g]:kept_offsets[g+1]];\n"
+      "      decode step i of query head h reads those of KV head h/group and tokens [L, L+i].\n"
+      "  Decode: the last --decode-queries tokens are decode steps; quest selects per step over\n"
+      "  the full cache (time: selection + sparse decode of one step); eviction methods evict\n"
+      "  the prompt's cache once (reported as estimation, paid once per sequence) and are\n"
+      "  timed on one decode step over the evicted cache.",
       "spattn-compare"};
   options o;
   app.add_option("--methods", o.methods,

@@ -285,3 +285,287 @@ TEST_CASE("compare methods: selection adapters", "[compare]") {
   CHECK(tk(1, 0) == std::vector<index_t>{1});
   CHECK(tk(0, 1) == std::vector<index_t>{2});
 }
+
+// ---------------------------------------------------------------------------------------------
+// Decode: decode policies (select + sparse_decode per step on the full cache) and eviction
+// policies (one eviction of the prompt, then cache_decode per step).
+
+namespace {
+
+problem decode_problem(const input& in, index_t steps = 16) {
+  problem p;
+  p.in = &in;
+  p.ph = phase::decode;
+  p.q_offset = in.tokens - steps;
+  p.q_tokens = steps;
+  p.exec = executor::openmp(2);
+  p.reps = 1;
+  return p;
+}
+
+std::vector<index_t> iota_keys(index_t a, index_t z) {  // [a, z)
+  std::vector<index_t> k;
+  for (index_t j = a; j < z; ++j) k.push_back(j);
+  return k;
+}
+
+// Rebuilds the key set of (query head h, decode step t) from a decode run's native files.
+std::vector<index_t> decode_keys_from_saved(const std::filesystem::path& dir, index_t h,
+                                            index_t t) {
+  std::vector<index_t> ks;
+  if (std::filesystem::exists(dir / "decode_layout.npy")) {
+    const auto layout = eval::read_npy(dir / "decode_layout.npy").to_i64();
+    REQUIRE(layout.size() == 6);
+    const index_t heads = layout[0], steps = layout[1], page_size = layout[3], group = layout[4];
+    const bool per_query_head = layout[5] != 0;
+    const auto lengths = eval::read_npy(dir / "page_lengths.npy").to_i64();
+    const auto off = eval::read_npy(dir / "page_offsets.npy").to_i64();
+    const auto pages = eval::read_npy(dir / "pages.npy").to_i64();
+    REQUIRE(off.size() == static_cast<std::size_t>(heads * steps + 1));
+    const index_t s = per_query_head ? h : h / group;
+    const auto e = static_cast<std::size_t>(s * steps + t);
+    CHECK(lengths[e] == layout[2] + t + 1);
+    for (auto i = off[e]; i < off[e + 1]; ++i) {
+      const index_t p = pages[static_cast<std::size_t>(i)];
+      for (index_t j = p * page_size; j < std::min((p + 1) * page_size, lengths[e]); ++j)
+        ks.push_back(j);
+    }
+    return ks;
+  }
+  const auto layout = eval::read_npy(dir / "eviction_layout.npy").to_i64();
+  REQUIRE(layout.size() == 4);
+  const index_t kvh = layout[0], group = layout[1], L = layout[2];
+  const auto off = eval::read_npy(dir / "kept_offsets.npy").to_i64();
+  const auto kept = eval::read_npy(dir / "kept.npy").to_i64();
+  REQUIRE(off.size() == static_cast<std::size_t>(kvh + 1));
+  const auto g = static_cast<std::size_t>(h / group);
+  for (auto i = off[g]; i < off[g + 1]; ++i) ks.push_back(kept[static_cast<std::size_t>(i)]);
+  for (index_t j = L; j <= L + t; ++j) ks.push_back(j);
+  return ks;
+}
+
+}  // namespace
+
+TEST_CASE("compare methods: every decode and eviction policy computes the key sets it reports",
+          "[compare][decode]") {
+  const auto all = builtin_methods();
+  const std::vector<std::string> decode_methods{"quest", "snapkv", "ada-snapkv", "streaming-llm"};
+  for (const dtype ty : {dtype::f32, dtype::bf16}) {
+    const index_t T = 2048, steps = 16, L = T - steps;
+    const input in = make_input(ty, T);
+    const problem p = decode_problem(in, steps);
+    const double causal = 4 * eval::causal_pairs(steps, T, L);
+    for (const auto& name : decode_methods) {
+      const method& m = find_method(all, name);
+      CHECK(m.decode);
+      CHECK(!m.prefill);
+      CHECK(m.uses_budget);
+      const bool quest = name == "quest";
+      for (const auto& b : {budget::policy_default(), budget::compression(4),
+                            budget::compression(8), budget::tokens(320)}) {
+        INFO(name << " " << dtype_name(ty) << " " << b.describe());
+        const method_run r = m.run(p, b);
+        // Every step's output is there and equals the oracle over the step's key set.
+        CHECK(r.out_first == 0);
+        REQUIRE(r.out.size() == static_cast<std::size_t>(steps * 4 * 32));
+        CHECK(kernel_vs_keys(p, r) < 1e-5);
+        const double pairs = eval::count_pairs(r.keys, 4, steps, L);  // validates every list
+        CHECK(pairs <= causal);
+        CHECK(r.seconds > 0);
+        CHECK(r.estimation_seconds >= 0);
+        CHECK(!r.budget_note.empty());
+        for (index_t t = 0; t < steps; ++t) {
+          const auto ks = r.keys(1, t);
+          REQUIRE(!ks.empty());
+          CHECK(ks.back() == L + t);  // the current token is always read
+          if (!quest) {
+            // Eviction: the decode tokens are never evicted, and the prompt part (one eviction)
+            // is the same at every step.
+            REQUIRE(ks.size() > static_cast<std::size_t>(t + 1));
+            const auto split = ks.end() - (t + 1);
+            CHECK(std::vector<index_t>(split, ks.end()) == iota_keys(L, L + t + 1));
+            const auto first = r.keys(1, 0);
+            CHECK(std::vector<index_t>(ks.begin(), split) ==
+                  std::vector<index_t>(first.begin(), first.end() - 1));
+          }
+        }
+        // Budgets: the kept prompt tokens per KV head (eviction), or the pages read besides the
+        // current page (quest), within the budget.
+        const index_t kept_last = static_cast<index_t>(r.keys(0, steps - 1).size());
+        if (b.kind() == budget_kind::ratio) {
+          const double f = b.value();
+          if (quest) {  // round(f * n / 16) pages + the current page's 1..16 tokens
+            CHECK(kept_last <= std::llround(f * T / 16.0) * 16 + 16);
+            CHECK(r.estimation_flops > 0);
+          } else if (name == "ada-snapkv") {  // shared: the average over KV heads
+            const double total = static_cast<double>(r.keys(0, 0).size() + r.keys(2, 0).size());
+            CHECK(total - 2 <= 2 * std::ceil(f * L));
+          } else {
+            CHECK(static_cast<double>(r.keys(0, 0).size()) - 1 <= std::ceil(f * L));
+          }
+          if (name == "snapkv" || name == "ada-snapkv") CHECK(r.estimation_flops > 0);
+          if (name == "streaming-llm") CHECK(r.estimation_flops == 0);
+        }
+        if (b.kind() == budget_kind::tokens) {
+          if (quest) CHECK(kept_last <= 320 + 16);
+          if (name == "snapkv" || name == "streaming-llm")
+            CHECK(r.keys(0, 0).size() == std::size_t{321});
+        }
+        // The native selection files describe the same key sets.
+        REQUIRE(r.save_selection);
+        const auto dir = std::filesystem::temp_directory_path() /
+                         ("spattn_compare_dsel_" + std::to_string(::getpid()));
+        std::filesystem::remove_all(dir);
+        r.save_selection(dir);
+        CHECK(std::filesystem::exists(dir / (quest ? "pages.npy" : "kept.npy")));
+        for (const index_t h : {0, 1, 3})
+          for (const index_t t : {index_t{0}, index_t{7}, steps - 1}) {
+            INFO("head " << h << " step " << t);
+            CHECK(decode_keys_from_saved(dir, h, t) == r.keys(h, t));
+          }
+        std::filesystem::remove_all(dir);
+      }
+    }
+  }
+}
+
+TEST_CASE("compare methods: decode budgets covering the cache equal dense decode",
+          "[compare][decode]") {
+  const index_t T = 1500, steps = 8, L = T - steps;
+  const input in = make_input(dtype::f32, T);
+  const problem p = decode_problem(in, steps);
+  const auto dense = run_dense(p, budget::policy_default());
+  const auto all = builtin_methods();
+  // Quest with a token budget covering every page, eviction keeping every prompt token.
+  const std::vector<std::pair<std::string, budget>> runs{
+      {"quest", budget::tokens((T + 15) / 16 * 16)},
+      {"snapkv", budget::kept(1.0)},
+      {"ada-snapkv", budget::tokens(T)},
+      {"streaming-llm", budget::kept(1.0)}};
+  for (const auto& [name, b] : runs) {
+    INFO(name);
+    const auto r = find_method(all, name).run(p, b);
+    for (index_t t = 0; t < steps; ++t)
+      for (index_t h = 0; h < 4; ++h) REQUIRE(r.keys(h, t) == iota_keys(0, L + t + 1));
+    // The last step's output equals the dense kernel's.
+    double worst = 0;
+    const auto HD = static_cast<std::size_t>(4 * 32);
+    for (std::size_t x = 0; x < HD; ++x)
+      worst = std::max(
+          worst, static_cast<double>(
+                     std::abs(r.out[static_cast<std::size_t>(steps - 1) * HD + x] - dense.out[x])));
+    CHECK(worst < 1e-5);
+    if (name == "snapkv" || name == "ada-snapkv") CHECK(r.estimation_flops == 0);  // looked at none
+  }
+}
+
+TEST_CASE("compare methods: decode budgets a policy cannot meet are reported",
+          "[compare][decode]") {
+  const input in = make_input(dtype::f32, 1024);
+  const problem p = decode_problem(in);
+  const auto all = builtin_methods();
+  for (const auto* name : {"quest", "snapkv", "ada-snapkv", "streaming-llm"}) {
+    INFO(name);
+    // No coverage form.
+    CHECK_THROWS_AS(find_method(all, name).run(p, budget::coverage(0.9)), budget_not_met);
+    CHECK_THROWS_WITH(find_method(all, name).run(p, budget::coverage(0.9)),
+                      Catch::Contains("budget"));
+  }
+  // Quest token budgets are whole pages; SnapKV's capacity holds its 4 + 128 forced tokens.
+  CHECK_THROWS_AS(find_method(all, "quest").run(p, budget::tokens(100)), budget_not_met);
+  CHECK_THROWS_AS(find_method(all, "snapkv").run(p, budget::compression(20)), budget_not_met);
+  CHECK_THROWS_AS(find_method(all, "ada-snapkv").run(p, budget::compression(20)), budget_not_met);
+  CHECK_THROWS_WITH(find_method(all, "snapkv").run(p, budget::compression(20)),
+                    Catch::Contains("local_window + prefix_tokens"));
+  // StreamingLLM keeps its sinks and at least the current token at any compression.
+  const auto r = find_method(all, "streaming-llm").run(p, budget::compression(100));
+  CHECK(kernel_vs_keys(p, r) < 1e-5);
+  // A decode method is not a prefill method, and the prompt must exist.
+  CHECK_THROWS_AS(run_decode_policy(policies::quest{}, prefill_problem(in), budget::compression(5)),
+                  spattn::error);
+  CHECK_THROWS_AS(
+      run_eviction_policy(policies::snapkv{}, prefill_problem(in), budget::compression(5)),
+      spattn::error);
+}
+
+TEST_CASE("compare methods: decode needles are seen by the decode phase", "[compare][decode]") {
+  // The generator puts the first needle of each retrieval head at the last token.
+  const input in = make_input(dtype::f32, 2048);
+  const problem p = decode_problem(in);
+  const auto dense = run_dense(p, budget::policy_default());
+  const auto nr = eval::needle_recall_of(in.needles, dense.keys, p.q_offset, p.q_tokens);
+  CHECK(nr.total >= 1);
+  CHECK(nr.found == nr.total);
+  for (const auto* name : {"quest", "snapkv", "ada-snapkv", "streaming-llm"}) {
+    const auto r = find_method(builtin_methods(), name).run(p, budget::compression(4));
+    const auto n = eval::needle_recall_of(in.needles, r.keys, p.q_offset, p.q_tokens);
+    CHECK(n.total == nr.total);
+  }
+}
+
+namespace {
+// Policies written in a test, registered with one line each: a decode policy reading the last
+// 64 tokens (a token list: page_size 1) and an eviction policy keeping every other prompt token.
+struct recent_policy {
+  std::string name() const { return "recent"; }
+  decode_selection select(const decode_inputs& in, const budget&) const {
+    decode_selection sel;
+    sel.group = in.q.heads() / in.kv_heads();
+    sel.lengths = in.lengths;
+    for (const index_t n : in.lengths)
+      sel.pages.push_back(iota_keys(std::max<index_t>(0, n - 64), n));
+    return sel;
+  }
+};
+struct every_other_policy {
+  std::string name() const { return "every-other"; }
+  eviction_selection select(const eviction_inputs& in, const budget&) const {
+    eviction_selection sel;
+    sel.lengths = in.lengths;
+    for (const index_t n : in.lengths) {
+      std::vector<index_t> k;
+      for (index_t j = 0; j < n; j += 2) k.push_back(j);
+      sel.keep.push_back(std::move(k));
+    }
+    return sel;
+  }
+};
+static_assert(decode_policy<recent_policy>);
+static_assert(eviction_policy<every_other_policy>);
+}  // namespace
+
+TEST_CASE("compare methods: any decode or eviction policy registers with one line",
+          "[compare][decode]") {
+  std::vector<method> m;
+  m.push_back(decode_method(recent_policy{}));
+  m.push_back(eviction_method(every_other_policy{}));
+  m.push_back(decode_method(policies::streaming_llm{}, "streaming-llm-mask"));  // both concepts
+  CHECK(m[0].name == "recent");
+  CHECK(m[1].name == "every-other");
+  CHECK_THAT(m[0].description, Catch::Contains("user-defined"));
+  CHECK(m[0].decode);
+  CHECK(!m[1].prefill);
+  const input in = make_input(dtype::f16, 600);
+  const problem p = decode_problem(in, 4);
+  const auto r0 = m[0].run(p, budget::compression(5));
+  CHECK(r0.keys(3, 2) == iota_keys(596 + 2 + 1 - 64, 596 + 2 + 1));
+  CHECK(r0.estimation_flops == 0);  // unknown to the tool
+  CHECK(kernel_vs_keys(p, r0) < 1e-5);
+  const auto r1 = m[1].run(p, budget::compression(2));
+  auto want = std::vector<index_t>{};
+  for (index_t j = 0; j < 596; j += 2) want.push_back(j);
+  for (index_t j = 596; j <= 597; ++j) want.push_back(j);
+  CHECK(r1.keys(0, 1) == want);
+  CHECK(kernel_vs_keys(p, r1) < 1e-5);
+  // StreamingLLM as a mask over the full cache: sinks and the window sliding with the step.
+  const auto r2 = m[2].run(p, budget::tokens(100));
+  std::vector<index_t> mask{0, 1, 2, 3};
+  for (index_t j = 597 - 96 + 1; j <= 597; ++j) mask.push_back(j);
+  CHECK(r2.keys(0, 1) == mask);
+  CHECK(kernel_vs_keys(p, r2) < 1e-5);
+  // Built-in names are unique across phases.
+  const auto all = builtin_methods();
+  std::set<std::string> names;
+  for (const auto& x : all) names.insert(x.name);
+  CHECK(names.size() == all.size());
+}
