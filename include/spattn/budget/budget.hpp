@@ -69,10 +69,14 @@ class budget {
 
   std::string describe() const {
     switch (kind_) {
-      case budget_kind::policy_default: return "policy default";
-      case budget_kind::tokens: return detail::concat(static_cast<index_t>(value_), " tokens");
-      case budget_kind::ratio: return detail::concat("kept fraction ", value_);
-      case budget_kind::coverage: return detail::concat("coverage ", value_);
+      case budget_kind::policy_default:
+        return "policy default";
+      case budget_kind::tokens:
+        return detail::concat(static_cast<index_t>(value_), " tokens");
+      case budget_kind::ratio:
+        return detail::concat("kept fraction ", value_);
+      case budget_kind::coverage:
+        return detail::concat("coverage ", value_);
     }
     return "?";
   }
