@@ -1,6 +1,8 @@
 # Sourced by the scripts: installs spattn's Debian dependencies when any is missing.
+# Build, tests, benchmarks and spattn-compare; scripts/test adds python3-torch for the
+# export_qkv.py test (a large package that the other scripts do not need).
 SPATTN_DEBS=(cmake ninja-build g++ libeigen3-dev libxsimd-dev xtl-dev catch2 libbenchmark-dev
-             libcli11-dev libfmt-dev nlohmann-json3-dev python3-numpy python3-torch python3-matplotlib)
+             libcli11-dev libfmt-dev nlohmann-json3-dev python3-numpy python3-matplotlib)
 
 spattn_install_deps() {
   local missing=()
