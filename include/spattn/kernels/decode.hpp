@@ -37,13 +37,21 @@ inline void prefetch_row_l2(const void* p, index_t bytes) {
   for (index_t o = 0; o < bytes; o += 64) _mm_prefetch(c + o, _MM_HINT_T1);
 }
 
+// Reads one byte of every cache line of [lo, hi), in address order: a sequential sweep that the
+// hardware stream prefetcher follows at full bandwidth, unlike a strided per-head row walk.
+inline void touch_lines(const char* lo, const char* hi) {
+  int acc = 0;
+  for (const char* p = lo; p < hi; p += 64) acc |= *reinterpret_cast<const volatile char*>(p);
+  (void)acc;
+}
+
 // Scores of RP rows against nb keys: s[r][j] = q_r . k_j (q pre-scaled). Keys up to `avail`
 // after b0 exist (for prefetching K ahead); when `val` rows are given they are prefetched too,
 // for the P.V pass that follows.
 // Keys scored together: each q load then feeds JK FMAs (fewer loads per FMA).
 inline constexpr int decode_qk_keys = W == 16 ? 4 : 2;
 
-template <int RP, class T, class KeyPtr, class ValPtr>
+template <int RP, bool PREFETCH, class T, class KeyPtr, class ValPtr>
 inline void decode_qk(const float* q, index_t dpad, index_t d, KeyPtr key, ValPtr val, index_t b0,
                       int nb, index_t avail, bool prefetch_v, float* s) {
   constexpr int JK = decode_qk_keys;
@@ -58,7 +66,7 @@ inline void decode_qk(const float* q, index_t dpad, index_t d, KeyPtr key, ValPt
         // Keys past the block reuse its last key: their scores are masked later.
         const index_t kt_idx = b0 + std::min(jg + jj + u, nb - 1);
         kr[u] = key(kt_idx);
-        if (jg + jj + u < nb) {
+        if (PREFETCH && jg + jj + u < nb) {
           // Far: this head's next block into L2 (the other heads' blocks come between).
           // Near: K a few keys ahead, and V for the P.V pass right after, into L1.
           if (kt_idx - b0 + BC < avail) {
@@ -158,14 +166,14 @@ inline void decode_pv_all(const float* p, int n, ValPtr val, index_t b0, index_t
   }
 }
 
-template <int RP, class T, class KeyPtr, class ValPtr>
+template <int RP, bool PREFETCH, class T, class KeyPtr, class ValPtr>
 inline void decode_panel(const float* q, index_t d, KeyPtr key, ValPtr val, index_t b0, int nb,
                          index_t avail, const int* valid, const softmax_state& st, int r0,
                          float* s) {
   int max_valid = 0;
   for (int r = 0; r < RP; ++r) max_valid = std::max(max_valid, valid[r]);
   if (max_valid == 0) return;
-  decode_qk<RP, T>(q + r0 * st.dpad, st.dpad, d, key, val, b0, nb, avail, r0 == 0, s);
+  decode_qk<RP, PREFETCH, T>(q + r0 * st.dpad, st.dpad, d, key, val, b0, nb, avail, r0 == 0, s);
   for (int r = 0; r < RP; ++r) {
     softmax_row(s + r * BC, valid[r], st.m[r0 + r], st.l[r0 + r], st.o + (r0 + r) * st.dpad,
                 st.dpad);
@@ -176,8 +184,10 @@ inline void decode_panel(const float* q, index_t d, KeyPtr key, ValPtr val, inde
 // Attends st.rows packed query rows (pre-scaled by scale*log2e) to keys [k0, k1) read through
 // key(t) / val(t). valid_of(r, b0, nb) gives how many leading keys of block [b0, b0+nb) row r
 // may see. Accumulates into st (online softmax), so ranges can be chained.
-// prefetch_end (>= k1): keys before it exist and may be prefetched ahead of use.
-template <class T, class KeyPtr, class ValPtr, class ValidOf>
+// PREFETCH: fetch K and V rows ahead of use (rows gathered from anywhere, as in sparse
+// decoding); prefetch_end (>= k1): keys before it exist and may be prefetched. Without it the
+// caller has brought the rows in (dense decoding sweeps each block first).
+template <class T, bool PREFETCH = true, class KeyPtr, class ValPtr, class ValidOf>
 void decode_range(const float* q, index_t d, KeyPtr key, ValPtr val, index_t k0, index_t k1,
                   const softmax_state& st, ValidOf valid_of, float* s, index_t prefetch_end) {
   int valid[decode_row_panel];
@@ -188,26 +198,26 @@ void decode_range(const float* q, index_t d, KeyPtr key, ValPtr val, index_t k0,
       for (int r = 0; r < rp; ++r) valid[r] = valid_of(r0 + r, b0, nb);
       switch (rp) {
         case 4:
-          decode_panel<4, T>(q, d, key, val, b0, nb, prefetch_end - b0, valid, st, r0, s);
+          decode_panel<4, PREFETCH, T>(q, d, key, val, b0, nb, prefetch_end - b0, valid, st, r0, s);
           break;
         case 3:
-          decode_panel<3, T>(q, d, key, val, b0, nb, prefetch_end - b0, valid, st, r0, s);
+          decode_panel<3, PREFETCH, T>(q, d, key, val, b0, nb, prefetch_end - b0, valid, st, r0, s);
           break;
         case 2:
-          decode_panel<2, T>(q, d, key, val, b0, nb, prefetch_end - b0, valid, st, r0, s);
+          decode_panel<2, PREFETCH, T>(q, d, key, val, b0, nb, prefetch_end - b0, valid, st, r0, s);
           break;
         default:
-          decode_panel<1, T>(q, d, key, val, b0, nb, prefetch_end - b0, valid, st, r0, s);
+          decode_panel<1, PREFETCH, T>(q, d, key, val, b0, nb, prefetch_end - b0, valid, st, r0, s);
           break;
       }
     }
   }
 }
 
-template <class T, class KeyPtr, class ValPtr, class ValidOf>
+template <class T, bool PREFETCH = true, class KeyPtr, class ValPtr, class ValidOf>
 void decode_range(const float* q, index_t d, KeyPtr key, ValPtr val, index_t k0, index_t k1,
                   const softmax_state& st, ValidOf valid_of, float* s) {
-  decode_range<T>(q, d, key, val, k0, k1, st, valid_of, s, k1);
+  decode_range<T, PREFETCH>(q, d, key, val, k0, k1, st, valid_of, s, k1);
 }
 
 // A split-K task: keys [k0, k1) of one sequence, for every KV head. Walking all heads of a
@@ -226,6 +236,7 @@ void decode_sequences(const tensor_view<const TQ>& q, const tensor_view<const TK
                       const lse_view& lse, const detail::resolved_call& c,
                       const attention_options& opt) {
   const index_t d = c.head_dim, dpad = padded_dim(d);
+  const index_t row_bytes = d * static_cast<index_t>(sizeof(TKV));
   std::vector<decode_item> items;
   std::vector<decode_group> groups;
   index_t max_rows = 0;  // query rows per KV head: group * q_len
@@ -269,13 +280,37 @@ void decode_sequences(const tensor_view<const TQ>& q, const tensor_view<const TK
       const index_t pos = sp.q_offset + r % sp.q_len;
       return static_cast<int>(std::clamp<index_t>(pos - b0 + 1, 0, nb));
     };
+    // Address range of rows [t0, t1) over all KV heads (one range for a token-major cache).
+    auto span = [&](const auto& x, index_t t0, index_t t1) {
+      const char* lo = reinterpret_cast<const char*>(x.row(sp.k_begin + t0, 0));
+      const char* hi = reinterpret_cast<const char*>(x.row(sp.k_begin + t1 - 1, c.kv_heads - 1));
+      if (hi < lo) std::swap(lo, hi);  // heads laid out before tokens
+      return std::pair{lo, hi + row_bytes};
+    };
     for (index_t b0 = it.k0; b0 < it.k1; b0 += BC) {
       const index_t b1 = std::min(it.k1, b0 + BC);
+      // A token-major cache holds this block's rows of all KV heads in one compact range per
+      // tensor: sweep it in address order first (the sweep streams at full bandwidth and the
+      // per-head walk below then hits cache; ~20% faster at 32768 tokens than per-row software
+      // prefetching, whose instructions cost as much as the arithmetic). Other layouts keep
+      // the per-row prefetching.
+      const auto [klo, khi] = span(k, b0, b1);
+      const auto [vlo, vhi] = span(v, b0, b1);
+      const bool compact = (khi - klo) + (vhi - vlo) <= 2 * (b1 - b0) * c.kv_heads * row_bytes;
+      if (compact) {
+        touch_lines(klo, khi);
+        touch_lines(vlo, vhi);
+      }
       for (index_t kvh = 0; kvh < c.kv_heads; ++kvh) {
         auto key = [&](index_t t) { return k.row(sp.k_begin + t, kvh); };
         auto val = [&](index_t t) { return v.row(sp.k_begin + t, kvh); };
-        decode_range<TKV>(qs.data() + kvh * rows * dpad, d, key, val, b0, b1, state(kvh), valid_of,
-                          sbuf.data(), std::min(it.k1, b1 + 2 * BC));
+        const float* qh = qs.data() + kvh * rows * dpad;
+        if (compact) {
+          decode_range<TKV, false>(qh, d, key, val, b0, b1, state(kvh), valid_of, sbuf.data());
+        } else {
+          decode_range<TKV>(qh, d, key, val, b0, b1, state(kvh), valid_of, sbuf.data(),
+                            std::min(it.k1, b1 + 2 * BC));
+        }
       }
     }
   });
