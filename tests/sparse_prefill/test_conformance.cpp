@@ -54,7 +54,9 @@ std::vector<index_t> vs_forced(index_t pos) {
 template <>
 struct traits<policies::vertical_slash> {
   static std::vector<budget> budgets() {
-    return {budget::policy_default(), budget::compression(3), budget::tokens(250)};
+    return {budget::policy_default(), budget::compression(3), budget::tokens(250),
+            budget::compression(3, allocation::adaptive),
+            budget::tokens(250, allocation::adaptive)};
   }
   static std::vector<index_t> forced(const policies::vertical_slash&, index_t pos) {
     return vs_forced(pos);
@@ -64,7 +66,9 @@ struct traits<policies::vertical_slash> {
 template <>
 struct traits<policies::flexprefill> {
   static std::vector<budget> budgets() {
-    return {budget::policy_default(), budget::coverage(0.3), budget::compression(3)};
+    return {budget::policy_default(), budget::coverage(0.3), budget::compression(3),
+            budget::coverage(0.3, allocation::adaptive),
+            budget::compression(3, allocation::adaptive)};
   }
   static std::vector<index_t> forced(const policies::flexprefill&, index_t pos) {
     return vs_forced(pos);
@@ -127,14 +131,17 @@ void conformance(const shape& s, std::uint64_t seed, bool defaults_only = false)
     // Deterministic, whatever the threads.
     CHECK(policy.select(in, b) == sel);
     CHECK(policy.select(serial_in, b) == sel);
-    // Budget respected, per head.
+    // Budget respected: per head (uniform allocation) or over all heads (adaptive).
     const index_t causal = sel.causal_pairs() / s.heads;
-    for (index_t h = 0; h < s.heads; ++h) {
-      if (b.kind() == budget_kind::ratio) {
-        CHECK(static_cast<double>(sel.head_pairs(h)) <= b.value() * static_cast<double>(causal));
-      } else if (b.kind() == budget_kind::tokens) {
-        CHECK(sel.head_pairs(h) <= static_cast<index_t>(b.value()) * s.nq);
-      }
+    const double per_head = b.kind() == budget_kind::ratio ? b.value() * static_cast<double>(causal)
+                            : b.kind() == budget_kind::tokens
+                                ? b.value() * static_cast<double>(s.nq)
+                                : -1.0;
+    if (per_head >= 0 && b.alloc() == allocation::adaptive) {
+      CHECK(static_cast<double>(sel.pairs()) <= per_head * static_cast<double>(s.heads));
+    } else if (per_head >= 0) {
+      for (index_t h = 0; h < s.heads; ++h)
+        CHECK(static_cast<double>(sel.head_pairs(h)) <= per_head);
     }
     CHECK(sel.density() > 0.0);
     CHECK(sel.density() <= 1.0);

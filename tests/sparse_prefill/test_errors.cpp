@@ -99,8 +99,13 @@ TEST_CASE("budgets that cannot be met raise", "[sparse][errors][budget]") {
   CHECK_THROWS_AS(policies::a_shape{}.select(in, budget::coverage(0.9)), spattn::error);
   CHECK_THROWS_AS(policies::vertical_slash{}.select(in, budget::coverage(0.9)), spattn::error);
   CHECK_THROWS_AS(policies::block_sparse{}.select(in, budget::coverage(0.9)), spattn::error);
-  CHECK_THROWS_WITH(policies::vertical_slash{}.select(in, budget::kept(0.5, allocation::adaptive)),
+  // A-shape is a fixed pattern: nothing to share a budget by.
+  CHECK_THROWS_WITH(policies::a_shape{}.select(in, budget::kept(0.5, allocation::adaptive)),
                     Contains("allocation"));
+  // Adaptive budgets too small for the forced parts of all heads together.
+  CHECK_THROWS_WITH(
+      policies::vertical_slash{}.select(in, budget::compression(20, allocation::adaptive)),
+      Contains("over all heads"));
   CHECK_THROWS_AS(policies::block_sparse{}.select(in, budget::kept(0.5, allocation::adaptive)),
                   spattn::error);
 }

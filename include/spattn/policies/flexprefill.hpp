@@ -21,8 +21,11 @@
 //    forced offsets, possibly not offset 0; the defaults never reach this.)
 //  - The same chunked-prefill generalisation as vertical_slash.
 //  - Budgets: coverage(a) sets alpha = a; tokens(T) / kept(f) cap both sizes per head at the
-//    largest x whose computed pairs fit (the coverage sizes still apply below the cap). Adaptive
-//    allocation raises.
+//    largest x whose computed pairs fit (the coverage sizes still apply below the cap).
+//  - Adaptive allocation (ours): with coverage(a), one coverage over all heads - the fewest
+//    columns (diagonals) of all heads together, best first, holding a x heads of the mass (each
+//    head's scores sum to 1) - then min_budget per head; with tokens(T) / kept(f), the coverage
+//    sizes cap each head and the heads share the pairs as in vertical_slash's adaptive mode.
 #include <string>
 
 #include "spattn/policies/vertical_slash.hpp"
@@ -45,15 +48,14 @@ struct flexprefill {
     detail::vs_config cfg;
     cfg.approximation = approximation_size;
     cfg.mean = true;
-    cfg.adaptive = true;
+    cfg.coverage_sizes = true;
     cfg.alpha = alpha;
     cfg.min_budget = min_budget;
+    cfg.shared = b.alloc() == allocation::adaptive;
     index_t target = -1;
     if (b.kind() == budget_kind::coverage) {
-      spattn::detail::require_uniform(b, "flexprefill");
       cfg.alpha = b.value();
     } else if (!b.is_default()) {
-      spattn::detail::require_uniform(b, "flexprefill");
       target = spattn::detail::pair_budget(b, in);
     }
     return detail::vs_select(in, cfg, target, "flexprefill");

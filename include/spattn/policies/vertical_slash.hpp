@@ -30,9 +30,19 @@
 //  - Budgets: tokens(T) / kept(f) choose per head a size x (vertical = slash = x, at least the
 //    forced 4 / 64) whose computed pairs fit, within 1/64 of the largest such x (search over the
 //    exact pair count); the reference has no budget mapping. Coverage budgets raise (use
-//    flexprefill); adaptive allocation raises.
+//    flexprefill).
+//  - Adaptive allocation (ours; the reference has none): the heads share heads x the per-head
+//    pair budget. Columns and diagonals of all heads compete by estimated attention mass (every
+//    head's scores sum to the same total, so they compare across heads, as in Ada-KV's
+//    allocation for decoding): each head keeps its forced parts plus its entries scoring at
+//    least the K-th best score over all heads, K the largest (within 1/64) whose total pairs
+//    fit. Heads with concentrated attention give budget to heads with diffuse attention.
 //  - fp32 scores are kept per tile relative to a running row maximum (online softmax) and
 //    rescaled once; mathematically the same probabilities.
+#include <algorithm>
+#include <bit>
+#include <cstdint>
+#include <limits>
 #include <string>
 #include <vector>
 
@@ -208,85 +218,255 @@ inline index_t cover_count(const std::vector<float>& x, double alpha) {
 struct vs_config {
   index_t approximation = 256;
   bool mean = false;                    // FlexPrefill averages over the estimation queries
-  bool adaptive = false;                // FlexPrefill: sizes from coverage
+  bool coverage_sizes = false;          // FlexPrefill: sizes from coverage
   index_t vertical = 512, slash = 512;  // fixed sizes (vertical-slash)
   double alpha = 0.65;                  // coverage (FlexPrefill)
   index_t min_budget = 512;             // FlexPrefill
+  bool shared = false;                  // adaptive allocation: one budget shared by all heads
 };
 
+// One query head's estimate: column and diagonal scores (forced entries +inf), the size caps,
+// and best-first orders ranked as far as a search has needed.
+struct vs_head {
+  std::vector<float> vert, diag;
+  index_t nv = 0, ns = 0;  // most columns / diagonals (fixed sizes or coverage sizes)
+  std::vector<index_t> v_order, d_order;
+  index_t ranked = 0;
+
+  void rank(index_t count) {
+    const auto P = static_cast<index_t>(vert.size());
+    count = std::min(count, P);
+    if (count <= ranked) return;
+    // Rank further in big steps: a full sort of P scores is what the steps save.
+    ranked = std::max(count, std::min(P, 2 * ranked));
+    v_order = rank_top(vert.data(), P, ranked);
+    d_order = rank_top(diag.data(), P, ranked);
+  }
+  // Entries of x (ranked through `order`) with score >= tau.
+  index_t count_at_least(const std::vector<float>& x, const std::vector<index_t>& order,
+                         float tau) const {
+    return std::partition_point(order.begin(), order.end(),
+                                [&](index_t i) { return x[static_cast<std::size_t>(i)] >= tau; }) -
+           order.begin();
+  }
+  index_t columns_at_least(float tau) {
+    const auto P = static_cast<index_t>(vert.size());
+    while (ranked < P && count_at_least(vert, v_order, tau) == ranked) rank(ranked + 1);
+    return count_at_least(vert, v_order, tau);
+  }
+  index_t diagonals_at_least(float tau) {
+    const auto P = static_cast<index_t>(diag.size());
+    while (ranked < P && count_at_least(diag, d_order, tau) == ranked) rank(ranked + 1);
+    return count_at_least(diag, d_order, tau);
+  }
+};
+
+// The largest tau with count(tau) >= k, for a count non-increasing in tau over scores >= 0
+// (non-negative floats order like their bit patterns).
+template <class Count>
+float kth_largest(index_t k, Count count) {
+  std::uint32_t lo = 0, hi = 0x7f800000u;  // 0 .. +inf
+  while (lo < hi) {
+    const std::uint32_t mid = lo + (hi - lo + 1) / 2;
+    if (count(std::bit_cast<float>(mid)) >= k)
+      lo = mid;
+    else
+      hi = mid - 1;
+  }
+  return std::bit_cast<float>(lo);
+}
+
+// How many of the k best entries over several arrays of scores >= 0 each array holds. Ties go
+// to the lower array, then (within an array) to the order the caller ranks it by, so exactly k
+// entries are taken even when many scores are equal. ge(i, tau): entries of array i >= tau.
+template <class Ge>
+std::vector<index_t> split_best(index_t k, index_t arrays, Ge ge) {
+  const float tau = kth_largest(k, [&](float t) {
+    index_t n = 0;
+    for (index_t i = 0; i < arrays; ++i) n += ge(i, t);
+    return n;
+  });
+  const float above = tau == std::numeric_limits<float>::infinity()
+                          ? tau
+                          : std::nextafter(tau, std::numeric_limits<float>::infinity());
+  std::vector<index_t> take(static_cast<std::size_t>(arrays));
+  index_t left = k;
+  for (index_t i = 0; i < arrays; ++i) {
+    auto& t = take[static_cast<std::size_t>(i)];
+    t = tau == above ? 0 : ge(i, above);  // strictly better than tau
+    left -= t;
+  }
+  for (index_t i = 0; i < arrays; ++i) {
+    auto& t = take[static_cast<std::size_t>(i)];
+    const index_t tie = std::min(std::max<index_t>(left, 0), ge(i, tau) - t);
+    t += tie;
+    left -= tie;
+  }
+  return take;
+}
+
+// FlexPrefill's cover count over the scores of all heads together (each head's scores sum to 1):
+// the fewest entries, best first, whose mass exceeds alpha * heads; returns each head's share.
+inline std::vector<index_t> shared_cover_counts(const std::vector<const std::vector<float>*>& xs,
+                                                double alpha) {
+  std::vector<float> all;
+  for (const auto* x : xs) all.insert(all.end(), x->begin(), x->end());
+  const index_t k = cover_count(all, alpha * static_cast<double>(xs.size()));
+  return split_best(k, static_cast<index_t>(xs.size()), [&](index_t i, float t) {
+    const auto& x = *xs[static_cast<std::size_t>(i)];
+    return static_cast<index_t>(std::count_if(x.begin(), x.end(), [&](float y) { return y >= t; }));
+  });
+}
+
 // The shared vertical-slash selection; `cfg` says how sizes are chosen. `target` (pairs per head,
-// or -1) caps the sizes (see the budget note above).
+// or -1) caps the sizes (see the budget notes above): per head (uniform allocation), or in total
+// over the heads (cfg.shared: adaptive allocation).
 inline prefill_selection vs_select(const prefill_inputs& in, const vs_config& cfg, index_t target,
                                    const char* policy) {
   prefill_selection sel = in.empty_selection(vs_block, vs_block);
-  const index_t P = in.offset() + in.q_tokens();
+  const index_t P = in.offset() + in.q_tokens(), H = in.heads();
   const index_t A = std::min(cfg.approximation, in.q_tokens());
   const float scale = in.softmax_scale();
-  std::vector<double> flops(static_cast<std::size_t>(in.heads()), 0.0);
-  for_each_task(in.exec, in.heads(), [&](index_t h) {
-    std::vector<float> vert, diag;
+  const float inf = std::numeric_limits<float>::infinity();
+  const index_t fc = std::min(vs_forced_columns, P), fo = std::min(vs_forced_offsets, P);
+  std::vector<double> flops(static_cast<std::size_t>(H), 0.0);
+  std::vector<vs_head> heads(static_cast<std::size_t>(H));
+  for_each_task(in.exec, H, [&](index_t h) {
+    auto& e = heads[static_cast<std::size_t>(h)];
     const index_t kvh = h / in.group();
     in.q.visit([&](const auto& qv) {
       in.k.visit([&](const auto& kv) {
         flops[static_cast<std::size_t>(h)] =
-            vs_estimate(qv, kv, h, kvh, in.offset(), A, scale, cfg.mean, vert, diag);
+            vs_estimate(qv, kv, h, kvh, in.offset(), A, scale, cfg.mean, e.vert, e.diag);
       });
     });
-    index_t nv = std::min(cfg.vertical, P), ns = std::min(cfg.slash, P);
-    if (cfg.adaptive) {  // computed before forcing, as in the reference
-      nv = std::min(P, std::max(cfg.min_budget, cover_count(vert, cfg.alpha)));
-      ns = std::min(P, std::max(cfg.min_budget, cover_count(diag, cfg.alpha)));
+    e.nv = std::min(cfg.vertical, P);
+    e.ns = std::min(cfg.slash, P);
+    if (cfg.coverage_sizes && !cfg.shared) {  // computed before forcing, as in the reference
+      e.nv = std::min(P, std::max(cfg.min_budget, cover_count(e.vert, cfg.alpha)));
+      e.ns = std::min(P, std::max(cfg.min_budget, cover_count(e.diag, cfg.alpha)));
     }
-    const float inf = std::numeric_limits<float>::infinity();
-    const index_t fc = std::min(vs_forced_columns, P), fo = std::min(vs_forced_offsets, P);
-    for (index_t j = 0; j < fc; ++j) vert[static_cast<std::size_t>(j)] = inf;
-    for (index_t t = P - fo; t < P; ++t) diag[static_cast<std::size_t>(t)] = inf;
-    nv = std::max(nv, fc);
-    ns = std::max(ns, fo);
-    std::vector<index_t> v, s;
-    if (target < 0) {
-      vs_pick(top_k(vert.data(), P, nv), top_k(diag.data(), P, ns), nv, ns, P, v, s);
-      vs_convert(v, s, sel, h);
-      return;
-    }
-    // Best-first orders, ranked as far as the search needs (top 4096, then everything).
-    index_t ranked = std::min<index_t>(P, 4096);
-    auto v_order = rank_top(vert.data(), P, ranked), d_order = rank_top(diag.data(), P, ranked);
-    auto pairs_at = [&](index_t x) {
-      const index_t xv = std::clamp(x, fc, nv), xs = std::clamp(x, fo, ns);
-      if (std::max(xv, xs) > ranked) {
-        ranked = P;
-        v_order = rank_top(vert.data(), P, P);
-        d_order = rank_top(diag.data(), P, P);
-      }
-      vs_pick(v_order, d_order, xv, xs, P, v, s);
-      vs_convert(v, s, sel, h);
-      return sel.head_pairs(h);
-    };
-    const index_t least = pairs_at(0);
-    require(least <= target, "budget",
-            spattn::detail::concat("at least ", policy, "'s forced parts (", least,
-                                   " pairs for head ", h, ")"),
-            spattn::detail::concat(target, " pairs per head"));
-    const index_t top = std::max(nv, ns);
-    index_t lo = 0, hi = 1;
-    while (hi < top && pairs_at(hi) <= target) {
-      lo = hi;
-      hi *= 2;
-    }
-    hi = std::min(hi, top);
-    if (hi == top && pairs_at(top) <= target) lo = top;
-    // pairs_at(lo) fits, pairs_at(hi) does not; a size within 1/64 of the largest is enough.
-    while (hi - lo > std::max<index_t>(1, lo / 64)) {
-      const index_t mid = lo + (hi - lo) / 2;
-      if (pairs_at(mid) <= target)
-        lo = mid;
-      else
-        hi = mid;
-    }
-    pairs_at(lo);
   });
   for (double f : flops) sel.estimation_flops += f;
+  if (cfg.coverage_sizes && cfg.shared) {  // one coverage over the mass of all heads
+    std::vector<const std::vector<float>*> vs, ds;
+    for (auto& e : heads) {
+      vs.push_back(&e.vert);
+      ds.push_back(&e.diag);
+    }
+    const auto cv = shared_cover_counts(vs, cfg.alpha), cd = shared_cover_counts(ds, cfg.alpha);
+    for (index_t h = 0; h < H; ++h) {
+      auto& e = heads[static_cast<std::size_t>(h)];
+      e.nv = std::min(P, std::max(cfg.min_budget, cv[static_cast<std::size_t>(h)]));
+      e.ns = std::min(P, std::max(cfg.min_budget, cd[static_cast<std::size_t>(h)]));
+    }
+  }
+  for (auto& e : heads) {
+    for (index_t j = 0; j < fc; ++j) e.vert[static_cast<std::size_t>(j)] = inf;
+    for (index_t t = P - fo; t < P; ++t) e.diag[static_cast<std::size_t>(t)] = inf;
+    e.nv = std::max(e.nv, fc);
+    e.ns = std::max(e.ns, fo);
+  }
+  // Selection of head h with xv columns and xs diagonals (within its caps); returns its pairs.
+  auto apply = [&](index_t h, index_t xv, index_t xs) {
+    auto& e = heads[static_cast<std::size_t>(h)];
+    xv = std::clamp(xv, fc, e.nv);
+    xs = std::clamp(xs, fo, e.ns);
+    e.rank(std::max(xv, xs));
+    std::vector<index_t> v, s;
+    vs_pick(e.v_order, e.d_order, xv, xs, P, v, s);
+    vs_convert(v, s, sel, h);
+    return sel.head_pairs(h);
+  };
+  auto too_small = [&](index_t least, const char* what) {
+    return spattn::detail::concat("at least ", policy, "'s forced parts (", least, " pairs ", what,
+                                  ")");
+  };
+  if (target < 0) {  // the caps are the sizes
+    for_each_task(in.exec, H, [&](index_t h) {
+      auto& e = heads[static_cast<std::size_t>(h)];
+      std::vector<index_t> v, s;
+      vs_pick(top_k(e.vert.data(), P, e.nv), top_k(e.diag.data(), P, e.ns), e.nv, e.ns, P, v, s);
+      vs_convert(v, s, sel, h);
+    });
+    return sel;
+  }
+  if (!cfg.shared) {
+    // Uniform: per head, the largest size x (columns = diagonals = x, within the caps) whose
+    // pairs fit, within 1/64 of it.
+    for_each_task(in.exec, H, [&](index_t h) {
+      auto& e = heads[static_cast<std::size_t>(h)];
+      e.rank(std::min<index_t>(P, 4096));
+      const auto pairs_at = [&](index_t x) { return apply(h, x, x); };
+      const index_t least = pairs_at(0);
+      require(least <= target, "budget",
+              too_small(least, spattn::detail::concat("for head ", h).c_str()),
+              spattn::detail::concat(target, " pairs per head"));
+      const index_t top = std::max(e.nv, e.ns);
+      index_t lo = 0, hi = 1;
+      while (hi < top && pairs_at(hi) <= target) {
+        lo = hi;
+        hi *= 2;
+      }
+      hi = std::min(hi, top);
+      if (hi == top && pairs_at(top) <= target) lo = top;
+      while (hi - lo > std::max<index_t>(1, lo / 64)) {
+        const index_t mid = lo + (hi - lo) / 2;
+        if (pairs_at(mid) <= target)
+          lo = mid;
+        else
+          hi = mid;
+      }
+      pairs_at(lo);
+    });
+    return sel;
+  }
+  // Adaptive: the heads share heads * target pairs. Their columns and diagonals compete by
+  // estimated attention mass (each head's scores sum to the same total, so they compare): the K
+  // best entries over all heads are kept (ties: lower head, columns before diagonals, lower
+  // index), within each head's caps, K the largest (within 1/64) whose pairs fit.
+  for (auto& e : heads) e.rank(std::min<index_t>(P, 1024));
+  const index_t total = target * H;
+  std::vector<index_t> head_pairs(static_cast<std::size_t>(H));
+  const auto pairs_at = [&](index_t K) {
+    // Columns (even arrays) and diagonals (odd) of every head; ranking may extend (sequential).
+    const auto take = split_best(K, 2 * H, [&](index_t i, float tau) {
+      auto& e = heads[static_cast<std::size_t>(i / 2)];
+      return i % 2 == 0 ? e.columns_at_least(tau) : e.diagonals_at_least(tau);
+    });
+    for (index_t h = 0; h < H; ++h) {
+      heads[static_cast<std::size_t>(h)].rank(std::max(take[static_cast<std::size_t>(2 * h)],
+                                                       take[static_cast<std::size_t>(2 * h + 1)]));
+    }
+    for_each_task(in.exec, H, [&](index_t h) {
+      head_pairs[static_cast<std::size_t>(h)] = apply(h, take[static_cast<std::size_t>(2 * h)],
+                                                      take[static_cast<std::size_t>(2 * h + 1)]);
+    });
+    index_t sum = 0;
+    for (index_t x : head_pairs) sum += x;
+    return sum;
+  };
+  const index_t forced = H * (fc + fo);  // the +inf entries come first
+  const index_t least = pairs_at(forced);
+  require(least <= total, "budget", too_small(least, "over all heads"),
+          spattn::detail::concat(total, " pairs over ", H, " heads"));
+  index_t most = 0;
+  for (const auto& e : heads) most += e.nv + e.ns;
+  index_t lo = 0, hi = 1;  // extra entries beyond the forced ones
+  while (forced + hi < most && pairs_at(forced + hi) <= total) {
+    lo = hi;
+    hi *= 2;
+  }
+  hi = std::min(hi, most - forced);
+  if (hi == most - forced && pairs_at(most) <= total) lo = hi;
+  while (hi - lo > std::max<index_t>(1, lo / 64)) {
+    const index_t mid = lo + (hi - lo) / 2;
+    if (pairs_at(forced + mid) <= total)
+      lo = mid;
+    else
+      hi = mid;
+  }
+  pairs_at(forced + lo);
   return sel;
 }
 
@@ -313,8 +493,8 @@ struct vertical_slash {
     cfg.slash = slash_size;
     index_t target = -1;
     if (!b.is_default()) {
-      spattn::detail::require_uniform(b, "vertical_slash");
       target = spattn::detail::pair_budget(b, in);
+      cfg.shared = b.alloc() == allocation::adaptive;
       const index_t P = in.offset() + in.q_tokens();
       cfg.vertical = cfg.slash = P;  // the budget search chooses the size
     }
