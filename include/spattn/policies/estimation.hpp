@@ -42,6 +42,36 @@ inline void score_rows(const float* qs, index_t dpad, const float* kt, index_t d
   }
 }
 
+#if defined(__AVX512BF16__)
+// The same with bf16 dot products: q rows as bf16 pairs (ldq pairs apart), K packed by
+// kernels::pack_k_pairs_transposed, scores multiplied by `scale`.
+inline void score_rows_bf16(const std::uint32_t* qs, index_t ldq, const std::uint32_t* kp,
+                            index_t d, float scale, float* s, int rows) {
+  int r0 = 0;
+  for (; r0 + MR <= rows; r0 += MR)
+    kernels::qk_panel_bf16<MR, 4>(qs + r0 * ldq, ldq, kp, d, scale, s + r0 * BC, 0);
+  switch (rows - r0) {
+    case 1:
+      kernels::qk_panel_bf16<1, 4>(qs + r0 * ldq, ldq, kp, d, scale, s + r0 * BC, 0);
+      break;
+    case 2:
+      kernels::qk_panel_bf16<2, 4>(qs + r0 * ldq, ldq, kp, d, scale, s + r0 * BC, 0);
+      break;
+    case 3:
+      kernels::qk_panel_bf16<3, 4>(qs + r0 * ldq, ldq, kp, d, scale, s + r0 * BC, 0);
+      break;
+    case 4:
+      kernels::qk_panel_bf16<4, 4>(qs + r0 * ldq, ldq, kp, d, scale, s + r0 * BC, 0);
+      break;
+    case 5:
+      kernels::qk_panel_bf16<5, 4>(qs + r0 * ldq, ldq, kp, d, scale, s + r0 * BC, 0);
+      break;
+    default:
+      break;
+  }
+}
+#endif
+
 // Orders candidate indices by score, highest first; equal scores by lower index (our documented
 // tie-break: torch.topk leaves tie order unspecified).
 struct by_score {

@@ -18,7 +18,8 @@
 //
 // Deliberate differences from the reference (documented choices):
 //  - Estimation is fp32 throughout (the reference computes scores and rounds P to bf16), so
-//    near-ties may resolve differently.
+//    near-ties may resolve differently. bf16 inputs on AVX512-BF16 machines score with bf16 dot
+//    products: exact products, fp32 sums, i.e. the fp32 scores up to summation order.
 //  - Ties in top-k go to the lower index of the score array (vertical: lower column; slash: lower
 //    t, i.e. the larger offset); torch.topk leaves tie order unspecified.
 //  - Short sequences: sizes and the forced parts are clamped to the sequence (the reference
@@ -42,8 +43,10 @@
 #include <algorithm>
 #include <bit>
 #include <cstdint>
+#include <cstring>
 #include <limits>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "spattn/policies/estimation.hpp"
@@ -71,20 +74,43 @@ double vs_estimate(const tensor_view<const TQ>& q, const tensor_view<const TK>& 
   // 2^(tile max - final max) / sum and accumulates. S is never stored whole in fp32 twice.
   thread_local simd::aligned_buffer qs, pbuf, kt, sbuf;
   thread_local std::vector<float> tile_max;
-  qs.resize(static_cast<std::size_t>(A * dpad));
   pbuf.resize(static_cast<std::size_t>(ntiles * A * BC));
   kt.resize(static_cast<std::size_t>(d * BC));
   sbuf.resize(static_cast<std::size_t>(A * BC));
   tile_max.resize(static_cast<std::size_t>(ntiles * A));
-  kernels::pack_rows<TQ>([&](int j) { return q.row(t0 + j, h); }, static_cast<int>(A), d, dpad,
-                         scale * kernels::log2e, qs.data());
+  // bf16 inputs on AVX512-BF16 machines score with bf16 dot products (exact products, fp32
+  // sums: the fp32 path's scores up to summation order) at twice the FMA rate.
+  constexpr bool pairs =
+      kernels::has_bf16_dot && std::is_same_v<TQ, bf16> && std::is_same_v<TK, bf16>;
+  if constexpr (pairs) {
+    qs.resize(static_cast<std::size_t>(A * dpad / 2));
+    auto* q2 = reinterpret_cast<std::uint32_t*>(qs.data());
+    for (index_t j = 0; j < A; ++j) {
+      std::uint32_t* dst = q2 + j * dpad / 2;
+      std::memcpy(dst, q.row(t0 + j, h), static_cast<std::size_t>(d) * sizeof(bf16));
+      std::fill(dst + d / 2, dst + dpad / 2, 0u);
+    }
+  } else {
+    qs.resize(static_cast<std::size_t>(A * dpad));
+    kernels::pack_rows<TQ>([&](int j) { return q.row(t0 + j, h); }, static_cast<int>(A), d, dpad,
+                           scale * kernels::log2e, qs.data());
+  }
   std::vector<float> mx(static_cast<std::size_t>(A), kernels::neg_inf);
   std::vector<float> l(static_cast<std::size_t>(A), 0.0f);
   for (index_t tile = 0; tile < ntiles; ++tile) {
     const index_t k0 = tile * BC;
     const int n = static_cast<int>(std::min<index_t>(BC, P - k0));
-    kernels::pack_k_transposed<TK>([&](int j) { return k.row(k0 + j, kvh); }, n, d, kt.data());
-    score_rows(qs.data(), dpad, kt.data(), d, sbuf.data(), static_cast<int>(A));
+    if constexpr (pairs) {
+#if defined(__AVX512BF16__)
+      auto* kp = reinterpret_cast<std::uint32_t*>(kt.data());
+      kernels::pack_k_pairs_transposed([&](int j) { return k.row(k0 + j, kvh); }, n, d, kp);
+      score_rows_bf16(reinterpret_cast<const std::uint32_t*>(qs.data()), dpad / 2, kp, d,
+                      scale * kernels::log2e, sbuf.data(), static_cast<int>(A));
+#endif
+    } else {
+      kernels::pack_k_transposed<TK>([&](int j) { return k.row(k0 + j, kvh); }, n, d, kt.data());
+      score_rows(qs.data(), dpad, kt.data(), d, sbuf.data(), static_cast<int>(A));
+    }
     float* pt = pbuf.data() + tile * A * BC;
     for (index_t i = 0; i < A; ++i) {
       float* row = sbuf.data() + i * BC;
