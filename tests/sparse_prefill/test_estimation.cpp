@@ -81,3 +81,35 @@ TEST_CASE("vertical-slash estimation equals a double-precision recomputation",
     CHECK(err16 <= 2e-5);
   }
 }
+
+TEST_CASE("FlexPrefill's cover count equals the sorted cumulative-sum definition",
+          "[sparse][policy][estimation]") {
+  std::mt19937 rng(5);
+  for (int trial = 0; trial < 200; ++trial) {
+    const auto n = static_cast<std::size_t>(1 + rng() % 3000);
+    std::vector<float> x(n);
+    // Some trials with many ties and zeros, some with continuous values.
+    for (auto& v : x)
+      v = trial % 2 ? static_cast<float>(rng() % 5)
+                    : std::uniform_real_distribution<float>(0, 1)(rng);
+    double total = 0;
+    for (float v : x) total += v;
+    if (total > 0)
+      for (auto& v : x) v = static_cast<float>(v / total);
+    const double alpha = std::uniform_real_distribution<double>(0.01, 1.0)(rng);
+    std::vector<float> sorted(x);
+    std::sort(sorted.begin(), sorted.end(), std::greater<>());
+    double cum = 0;
+    index_t fit = 0;
+    for (float v : sorted) {
+      cum += v;
+      if (cum <= alpha)
+        ++fit;
+      else
+        break;
+    }
+    INFO("trial " << trial << " n=" << n << " alpha=" << alpha);
+    CHECK(policies::detail::cover_count(x, alpha) ==
+          std::min<index_t>(fit + 1, static_cast<index_t>(n)));
+  }
+}
