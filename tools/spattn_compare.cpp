@@ -112,8 +112,30 @@ struct budget_spec {
   budget b;
 };
 
-// "20" or "20x": compression 20x; "kept:0.05"; "tokens:1024"; "coverage:0.9"; "default".
+budget_spec parse_uniform_budget(const std::string& s);
+
+// "20" or "20x": compression 20x; "kept:0.05"; "tokens:1024"; "coverage:0.9"; "default"; any but
+// "default" with the suffix "@adaptive": the heads share the budget (adaptive allocation).
 budget_spec parse_budget(const std::string& s) {
+  const std::string suffix = "@adaptive";
+  if (s.size() <= suffix.size() || s.compare(s.size() - suffix.size(), suffix.size(), suffix) != 0)
+    return parse_uniform_budget(s);
+  const auto base = parse_uniform_budget(s.substr(0, s.size() - suffix.size()));
+  const budget& b = base.b;
+  const auto a = allocation::adaptive;
+  switch (b.kind()) {
+    case budget_kind::tokens:
+      return {base.label + "-ada", budget::tokens(static_cast<index_t>(b.value()), a)};
+    case budget_kind::ratio:
+      return {base.label + "-ada", budget::kept(b.value(), a)};
+    case budget_kind::coverage:
+      return {base.label + "-ada", budget::coverage(b.value(), a)};
+    default:
+      throw error(fmt::format("argument '--budgets': '{}' has no adaptive form", s));
+  }
+}
+
+budget_spec parse_uniform_budget(const std::string& s) {
   auto number = [&](const std::string& x) {
     std::size_t used = 0;
     double v = 0;
@@ -835,7 +857,8 @@ int main(int argc, char** argv) {
                  "methods to compare (default: all; dense always runs; see --list-methods)")
       ->delimiter(',');
   app.add_option("--budgets", o.budgets,
-                 "budgets: N (compression), kept:F, tokens:N, coverage:F, default")
+                 "budgets: N (compression), kept:F, tokens:N, coverage:F, default; a suffix "
+                 "@adaptive shares a budget across heads (e.g. 10@adaptive)")
       ->delimiter(',')
       ->capture_default_str();
   app.add_option("--tokens", o.tokens, "sequence length (with --input: use the first N tokens)")

@@ -50,6 +50,7 @@ done
 mkdir results && echo keep >results/marker
 expect_error "--phase" --phase sideways
 expect_error "expected a number" --budgets 5,abc
+expect_error "has no adaptive form" --budgets default@adaptive
 expect_error "unknown method 'nope'" --methods dense,nope
 expect_error "--dtype" --dtype f64
 expect_error "--tokens" --tokens 10
@@ -288,6 +289,18 @@ grep -q "not met" short.txt || fail "short run reports no unmet budget"
   --out short >short.txt 2>/dev/null || fail "short decode run"
 grep -q "snapkv *5x *not met: " short.txt || fail "short decode run: snapkv 5x is not reported"
 grep -q "^synthetic,decode,quest,20x,ok," short/results.csv || fail "short decode run: quest 20x"
+# Adaptive allocation: the heads of vertical-slash share the budget (pairs over all heads within
+# heads x 4x); A-shape is a fixed pattern: its row reports the budget as not met.
+"$tool" "${small[@]}" --phase prefill --methods vertical-slash,a-shape \
+  --budgets 4@adaptive --out ada >ada.txt 2>/dev/null || fail "adaptive run"
+grep -q "^synthetic,prefill,vertical-slash,4x-ada,ok," ada/results.csv ||
+  fail "adaptive vertical-slash row"
+grep -q "^synthetic,prefill,a-shape,4x-ada,not met," ada/results.csv || fail "adaptive a-shape row"
+python3 - ada/results.csv <<'PY' || fail "adaptive vertical-slash exceeds the shared budget"
+import csv, sys
+rows = [r for r in csv.DictReader(open(sys.argv[1])) if r["method"] == "vertical-slash"]
+assert rows and all(float(r["density"]) <= 0.25 + 1e-9 for r in rows), rows
+PY
 # Layered folders: layerNN_{q,k,v}.npy, --layers picks some.
 mkdir layers
 for l in 00 03; do
