@@ -78,7 +78,9 @@ struct traits<policies::flexprefill> {
 template <>
 struct traits<policies::block_sparse> {
   static std::vector<budget> budgets() {
-    return {budget::policy_default(), budget::compression(3), budget::tokens(200)};
+    return {budget::policy_default(), budget::compression(3), budget::tokens(200),
+            budget::compression(3, allocation::adaptive),
+            budget::tokens(200, allocation::adaptive)};
   }
   static std::vector<index_t> forced(const policies::block_sparse& p, index_t pos) {
     const index_t c = p.chunk_size, m = pos / c;
