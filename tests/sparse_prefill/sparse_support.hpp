@@ -55,36 +55,37 @@ inline prefill_selection random_selection(index_t heads, index_t nq, index_t nk,
   return sel;
 }
 
-template <class TQ, class TKV, class TO>
-struct sparse_run {
-  tensor<TQ> q;
-  tensor<TKV> k, v;
-  tensor<TO> out;
-  std::vector<float> lse;
-};
+// Runs the sparse kernel over `sel` on q / k / v and compares `rows` sampled rows with the oracle
+// restricted to the same selection.
+template <class TO, class TQ, class TKV>
+void check_kernel_matches_oracle(const tensor<TQ>& q, const tensor<TKV>& k, const tensor<TKV>& v,
+                                 const prefill_selection& sel, int threads, index_t rows) {
+  const index_t nq = sel.q_tokens, heads = sel.heads;
+  tensor<TO> out(nq, heads, sel.head_dim);
+  std::vector<float> lse(static_cast<std::size_t>(std::max<index_t>(nq * heads, 1)));
+  attention_options opt;
+  opt.exec = threads == 1 ? executor::serial() : executor::openmp(threads);
+  sparse_prefill(q.cview(), k.cview(), v.cview(), out.view(), sel, lse_view(lse.data(), nq, heads),
+                 opt);
+  const auto sampled = sample_rows(nq, rows);
+  const auto ref = eval::reference_attention(
+      q.cview(), k.cview(), v.cview(),
+      [&](index_t h, index_t t) { return selected_keys(sel, h, t); }, 0.0, sampled);
+  const auto st = compare<TO>(ref, out.cview(), &lse, sampled);
+  CHECK(st.all_finite);
+  CHECK(st.max_out_err <= out_tolerance<TO>());
+  CHECK(st.max_lse_err <= lse_tolerance);
+}
 
 // Runs the sparse kernel on random data and compares with the oracle on sampled rows.
 template <class TQ, class TKV, class TO>
 void check_against_oracle(const prefill_selection& sel, index_t kv_heads, int threads,
                           std::uint64_t seed, float k_sigma = 1.5f) {
   const index_t nq = sel.q_tokens, nk = sel.k_tokens, heads = sel.heads, d = sel.head_dim;
-  auto q = random_tensor<TQ>(nq, heads, d, seed, 1.0f);
-  auto k = random_tensor<TKV>(nk, kv_heads, d, seed + 1, k_sigma);
-  auto v = random_tensor<TKV>(nk, kv_heads, d, seed + 2, 1.0f);
-  tensor<TO> out(nq, heads, d);
-  std::vector<float> lse(static_cast<std::size_t>(std::max<index_t>(nq * heads, 1)));
-  attention_options opt;
-  opt.exec = threads == 1 ? executor::serial() : executor::openmp(threads);
-  sparse_prefill(q.cview(), k.cview(), v.cview(), out.view(), sel, lse_view(lse.data(), nq, heads),
-                 opt);
-  const auto rows = sample_rows(nq, 40);
-  const auto ref = eval::reference_attention(
-      q.cview(), k.cview(), v.cview(),
-      [&](index_t h, index_t t) { return selected_keys(sel, h, t); }, 0.0, rows);
-  const auto st = compare<TO>(ref, out.cview(), &lse, rows);
-  CHECK(st.all_finite);
-  CHECK(st.max_out_err <= out_tolerance<TO>());
-  CHECK(st.max_lse_err <= lse_tolerance);
+  const auto q = random_tensor<TQ>(nq, heads, d, seed, 1.0f);
+  const auto k = random_tensor<TKV>(nk, kv_heads, d, seed + 1, k_sigma);
+  const auto v = random_tensor<TKV>(nk, kv_heads, d, seed + 2, 1.0f);
+  check_kernel_matches_oracle<TO>(q, k, v, sel, threads, 40);
 }
 
 }  // namespace spattn::test

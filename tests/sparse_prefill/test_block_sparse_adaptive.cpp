@@ -411,20 +411,7 @@ TEST_CASE("block-sparse adaptive: the kernel over the selection equals the oracl
       for (index_t bq = 0; bq < sel.q_blocks(); ++bq)
         differ = differ || sel.at(0, bq).blocks.size() != sel.at(1, bq).blocks.size();
       CHECK(differ);
-      tensor<float> out(cf.nq, cf.heads, 64);
-      std::vector<float> lse(static_cast<std::size_t>(cf.nq * cf.heads));
-      attention_options opt;
-      opt.exec = executor::openmp(2);
-      sparse_prefill(q.cview(), k.cview(), v.cview(), out.view(), sel,
-                     lse_view(lse.data(), cf.nq, cf.heads), opt);
-      const auto rows = sample_rows(cf.nq, 30);
-      const auto ref = eval::reference_attention(
-          q.cview(), k.cview(), v.cview(),
-          [&](index_t h, index_t t) { return selected_keys(sel, h, t); }, 0.0, rows);
-      const auto st = compare<float>(ref, out.cview(), &lse, rows);
-      CHECK(st.all_finite);
-      CHECK(st.max_out_err <= out_tolerance<float>());
-      CHECK(st.max_lse_err <= lse_tolerance);
+      check_kernel_matches_oracle<float>(q, k, v, sel, 2, 30);
     }
   }
 }

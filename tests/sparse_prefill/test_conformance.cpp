@@ -162,20 +162,7 @@ void conformance(const shape& s, std::uint64_t seed, bool defaults_only = false)
       }
     }
     // The kernel over this selection equals the oracle restricted to it.
-    tensor<float> out(s.nq, s.heads, s.d);
-    std::vector<float> lse(static_cast<std::size_t>(s.nq * s.heads));
-    attention_options opt;
-    opt.exec = executor::openmp(2);
-    sparse_prefill(q.cview(), k.cview(), v.cview(), out.view(), sel,
-                   lse_view(lse.data(), s.nq, s.heads), opt);
-    const auto rows = sample_rows(s.nq, 30);
-    const auto ref = eval::reference_attention(
-        q.cview(), k.cview(), v.cview(),
-        [&](index_t h, index_t t) { return selected_keys(sel, h, t); }, 0.0, rows);
-    const auto st = compare<float>(ref, out.cview(), &lse, rows);
-    CHECK(st.all_finite);
-    CHECK(st.max_out_err <= out_tolerance<float>());
-    CHECK(st.max_lse_err <= lse_tolerance);
+    check_kernel_matches_oracle<float>(q, k, v, sel, 2, 30);
   }
 }
 

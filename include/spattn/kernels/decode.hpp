@@ -237,6 +237,13 @@ void decode_sequences(const tensor_view<const TQ>& q, const tensor_view<const TK
                       const attention_options& opt) {
   const index_t d = c.head_dim, dpad = padded_dim(d);
   const index_t row_bytes = d * static_cast<index_t>(sizeof(TKV));
+  // Bytes spanned by a BC-token block of all KV heads; compact: about the rows' own bytes.
+  auto block_span = [&](const auto& x) {
+    return ((BC - 1) * x.token_stride() + (c.kv_heads - 1) * x.head_stride()) *
+               static_cast<index_t>(sizeof(TKV)) +
+           row_bytes;
+  };
+  const bool compact = block_span(k) + block_span(v) <= 2 * BC * c.kv_heads * row_bytes;
   std::vector<decode_item> items;
   std::vector<decode_group> groups;
   index_t max_rows = 0;  // query rows per KV head: group * q_len
@@ -280,13 +287,6 @@ void decode_sequences(const tensor_view<const TQ>& q, const tensor_view<const TK
       const index_t pos = sp.q_offset + r % sp.q_len;
       return static_cast<int>(std::clamp<index_t>(pos - b0 + 1, 0, nb));
     };
-    // Address range of rows [t0, t1) over all KV heads (one range for a token-major cache).
-    auto span = [&](const auto& x, index_t t0, index_t t1) {
-      const char* lo = reinterpret_cast<const char*>(x.row(sp.k_begin + t0, 0));
-      const char* hi = reinterpret_cast<const char*>(x.row(sp.k_begin + t1 - 1, c.kv_heads - 1));
-      if (hi < lo) std::swap(lo, hi);  // heads laid out before tokens
-      return std::pair{lo, hi + row_bytes};
-    };
     for (index_t b0 = it.k0; b0 < it.k1; b0 += BC) {
       const index_t b1 = std::min(it.k1, b0 + BC);
       // A token-major cache holds this block's rows of all KV heads in one compact range per
@@ -294,12 +294,14 @@ void decode_sequences(const tensor_view<const TQ>& q, const tensor_view<const TK
       // per-head walk below then hits cache; ~20% faster at 32768 tokens than per-row software
       // prefetching, whose instructions cost as much as the arithmetic). Other layouts keep
       // the per-row prefetching.
-      const auto [klo, khi] = span(k, b0, b1);
-      const auto [vlo, vhi] = span(v, b0, b1);
-      const bool compact = (khi - klo) + (vhi - vlo) <= 2 * (b1 - b0) * c.kv_heads * row_bytes;
       if (compact) {
-        touch_lines(klo, khi);
-        touch_lines(vlo, vhi);
+        auto sweep = [&](const auto& x) {
+          touch_lines(reinterpret_cast<const char*>(x.row(sp.k_begin + b0, 0)),
+                      reinterpret_cast<const char*>(x.row(sp.k_begin + b1 - 1, c.kv_heads - 1)) +
+                          row_bytes);
+        };
+        sweep(k);
+        sweep(v);
       }
       for (index_t kvh = 0; kvh < c.kv_heads; ++kvh) {
         auto key = [&](index_t t) { return k.row(sp.k_begin + t, kvh); };

@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <exception>
 #include <numeric>
+#include <type_traits>
 #include <vector>
 
 #include "spattn/kernels/tile.hpp"
@@ -15,31 +16,39 @@ namespace spattn::policies::detail {
 using kernels::BC;
 using kernels::MR;
 
-// S[r][0..BC) = qs[r] . Kt for `rows` packed rows (row stride dpad); S has row stride BC.
-inline void score_rows(const float* qs, index_t dpad, const float* kt, index_t d, float* s,
-                       int rows) {
+// Calls panel(std::integral_constant<int, R>{}, r0) over `rows` rows in register panels of MR
+// rows, then one panel for the remainder (R < MR).
+template <class Panel>
+inline void for_each_row_panel(int rows, Panel&& panel) {
   int r0 = 0;
-  for (; r0 + MR <= rows; r0 += MR)
-    kernels::qk_panel_all<MR>(qs + r0 * dpad, dpad, kt, d, s + r0 * BC);
+  for (; r0 + MR <= rows; r0 += MR) panel(std::integral_constant<int, MR>{}, r0);
   switch (rows - r0) {
     case 1:
-      kernels::qk_panel_all<1>(qs + r0 * dpad, dpad, kt, d, s + r0 * BC);
+      panel(std::integral_constant<int, 1>{}, r0);
       break;
     case 2:
-      kernels::qk_panel_all<2>(qs + r0 * dpad, dpad, kt, d, s + r0 * BC);
+      panel(std::integral_constant<int, 2>{}, r0);
       break;
     case 3:
-      kernels::qk_panel_all<3>(qs + r0 * dpad, dpad, kt, d, s + r0 * BC);
+      panel(std::integral_constant<int, 3>{}, r0);
       break;
     case 4:
-      kernels::qk_panel_all<4>(qs + r0 * dpad, dpad, kt, d, s + r0 * BC);
+      panel(std::integral_constant<int, 4>{}, r0);
       break;
     case 5:
-      kernels::qk_panel_all<5>(qs + r0 * dpad, dpad, kt, d, s + r0 * BC);
+      panel(std::integral_constant<int, 5>{}, r0);
       break;
     default:
       break;
   }
+}
+
+// S[r][0..BC) = qs[r] . Kt for `rows` packed rows (row stride dpad); S has row stride BC.
+inline void score_rows(const float* qs, index_t dpad, const float* kt, index_t d, float* s,
+                       int rows) {
+  for_each_row_panel(rows, [&](auto R, int r0) {
+    kernels::qk_panel_all<R()>(qs + r0 * dpad, dpad, kt, d, s + r0 * BC);
+  });
 }
 
 #if defined(__AVX512BF16__)
@@ -47,28 +56,9 @@ inline void score_rows(const float* qs, index_t dpad, const float* kt, index_t d
 // kernels::pack_k_pairs_transposed, scores multiplied by `scale`.
 inline void score_rows_bf16(const std::uint32_t* qs, index_t ldq, const std::uint32_t* kp,
                             index_t d, float scale, float* s, int rows) {
-  int r0 = 0;
-  for (; r0 + MR <= rows; r0 += MR)
-    kernels::qk_panel_bf16<MR, 4>(qs + r0 * ldq, ldq, kp, d, scale, s + r0 * BC, 0);
-  switch (rows - r0) {
-    case 1:
-      kernels::qk_panel_bf16<1, 4>(qs + r0 * ldq, ldq, kp, d, scale, s + r0 * BC, 0);
-      break;
-    case 2:
-      kernels::qk_panel_bf16<2, 4>(qs + r0 * ldq, ldq, kp, d, scale, s + r0 * BC, 0);
-      break;
-    case 3:
-      kernels::qk_panel_bf16<3, 4>(qs + r0 * ldq, ldq, kp, d, scale, s + r0 * BC, 0);
-      break;
-    case 4:
-      kernels::qk_panel_bf16<4, 4>(qs + r0 * ldq, ldq, kp, d, scale, s + r0 * BC, 0);
-      break;
-    case 5:
-      kernels::qk_panel_bf16<5, 4>(qs + r0 * ldq, ldq, kp, d, scale, s + r0 * BC, 0);
-      break;
-    default:
-      break;
-  }
+  for_each_row_panel(rows, [&](auto R, int r0) {
+    kernels::qk_panel_bf16<R(), 4>(qs + r0 * ldq, ldq, kp, d, scale, s + r0 * BC, 0);
+  });
 }
 #endif
 

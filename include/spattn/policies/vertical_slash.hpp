@@ -286,22 +286,19 @@ struct vs_head {
     v_order = rank_top(vert.data(), P, ranked);
     d_order = rank_top(diag.data(), P, ranked);
   }
-  // Entries of x (ranked through `order`) with score >= tau.
-  index_t count_at_least(const std::vector<float>& x, const std::vector<index_t>& order,
-                         float tau) const {
-    return std::partition_point(order.begin(), order.end(),
-                                [&](index_t i) { return x[static_cast<std::size_t>(i)] >= tau; }) -
-           order.begin();
-  }
-  index_t columns_at_least(float tau) {
-    const auto P = static_cast<index_t>(vert.size());
-    while (ranked < P && count_at_least(vert, v_order, tau) == ranked) rank(ranked + 1);
-    return count_at_least(vert, v_order, tau);
-  }
-  index_t diagonals_at_least(float tau) {
-    const auto P = static_cast<index_t>(diag.size());
-    while (ranked < P && count_at_least(diag, d_order, tau) == ranked) rank(ranked + 1);
-    return count_at_least(diag, d_order, tau);
+  // Columns (or diagonals) scoring >= tau; ranks further while every ranked one does.
+  index_t at_least(bool diagonals, float tau) {
+    const std::vector<float>& x = diagonals ? diag : vert;
+    const auto P = static_cast<index_t>(x.size());
+    while (true) {
+      const std::vector<index_t>& order = diagonals ? d_order : v_order;
+      const index_t n =
+          std::partition_point(order.begin(), order.end(),
+                               [&](index_t i) { return x[static_cast<std::size_t>(i)] >= tau; }) -
+          order.begin();
+      if (n < ranked || ranked == P) return n;
+      rank(ranked + 1);
+    }
   }
 };
 
@@ -360,6 +357,27 @@ inline std::vector<index_t> shared_cover_counts(const std::vector<const std::vec
     const auto& x = *xs[static_cast<std::size_t>(i)];
     return static_cast<index_t>(std::count_if(x.begin(), x.end(), [&](float y) { return y >= t; }));
   });
+}
+
+// The largest x in [0, top] with fits(x), within 1/64 of it, for fits monotone (true up to some
+// x) and fits(0) true: doubling, then bisection.
+template <class Fits>
+index_t largest_fitting(index_t top, Fits fits) {
+  index_t lo = 0, hi = 1;
+  while (hi < top && fits(hi)) {
+    lo = hi;
+    hi *= 2;
+  }
+  hi = std::min(hi, top);
+  if (hi == top && fits(top)) lo = top;
+  while (hi - lo > std::max<index_t>(1, lo / 64)) {
+    const index_t mid = lo + (hi - lo) / 2;
+    if (fits(mid))
+      lo = mid;
+    else
+      hi = mid;
+  }
+  return lo;
 }
 
 // The shared vertical-slash selection; `cfg` says how sizes are chosen. `target` (pairs per head,
@@ -447,20 +465,7 @@ inline prefill_selection vs_select(const prefill_inputs& in, const vs_config& cf
               too_small(least, spattn::detail::concat("for head ", h).c_str()),
               spattn::detail::concat(target, " pairs per head"));
       const index_t top = std::max(e.nv, e.ns);
-      index_t lo = 0, hi = 1;
-      while (hi < top && pairs_at(hi) <= target) {
-        lo = hi;
-        hi *= 2;
-      }
-      hi = std::min(hi, top);
-      if (hi == top && pairs_at(top) <= target) lo = top;
-      while (hi - lo > std::max<index_t>(1, lo / 64)) {
-        const index_t mid = lo + (hi - lo) / 2;
-        if (pairs_at(mid) <= target)
-          lo = mid;
-        else
-          hi = mid;
-      }
+      const index_t lo = largest_fitting(top, [&](index_t x) { return pairs_at(x) <= target; });
       pairs_at(lo);
     });
     return sel;
@@ -476,7 +481,7 @@ inline prefill_selection vs_select(const prefill_inputs& in, const vs_config& cf
     // Columns (even arrays) and diagonals (odd) of every head; ranking may extend (sequential).
     const auto take = split_best(K, 2 * H, [&](index_t i, float tau) {
       auto& e = heads[static_cast<std::size_t>(i / 2)];
-      return i % 2 == 0 ? e.columns_at_least(tau) : e.diagonals_at_least(tau);
+      return e.at_least(i % 2 == 1, tau);
     });
     for (index_t h = 0; h < H; ++h) {
       heads[static_cast<std::size_t>(h)].rank(std::max(take[static_cast<std::size_t>(2 * h)],
@@ -496,20 +501,8 @@ inline prefill_selection vs_select(const prefill_inputs& in, const vs_config& cf
           spattn::detail::concat(total, " pairs over ", H, " heads"));
   index_t most = 0;
   for (const auto& e : heads) most += e.nv + e.ns;
-  index_t lo = 0, hi = 1;  // extra entries beyond the forced ones
-  while (forced + hi < most && pairs_at(forced + hi) <= total) {
-    lo = hi;
-    hi *= 2;
-  }
-  hi = std::min(hi, most - forced);
-  if (hi == most - forced && pairs_at(most) <= total) lo = hi;
-  while (hi - lo > std::max<index_t>(1, lo / 64)) {
-    const index_t mid = lo + (hi - lo) / 2;
-    if (pairs_at(forced + mid) <= total)
-      lo = mid;
-    else
-      hi = mid;
-  }
+  const index_t lo =  // extra entries beyond the forced ones
+      largest_fitting(most - forced, [&](index_t e) { return pairs_at(forced + e) <= total; });
   pairs_at(forced + lo);
   return sel;
 }
