@@ -69,16 +69,22 @@ TEST_CASE("vertical-slash estimation equals a double-precision recomputation",
     policies::detail::vs_estimate(qf.cview(), kf.cview(), h, 0, 0, A, scale, false, v32, d32);
     REQUIRE(v16.size() == static_cast<std::size_t>(n));
     REQUIRE(v32.size() == static_cast<std::size_t>(n));
+    // fp32 scores and exp2: ~1e-6 relative per probability, summed over A rows (2e-5 absolute);
+    // the probabilities are held as fp16 between the two passes: relative rounding 2^-11 of
+    // each, so at most 2^-11 of the exact sum on top (values below 2^-24 flush: < 2e-5 in all).
+    // Scaled excess over that bound; <= 1 passes.
     double err16 = 0, err32 = 0, total = 0;
+    auto excess = [](double got, double want) {
+      return std::abs(got - want) / (2e-5 + std::ldexp(std::abs(want), -11));
+    };
     for (std::size_t j = 0; j < rv.size(); ++j) {
-      err16 = std::max({err16, std::abs(v16[j] - rv[j]), std::abs(d16[j] - rd[j])});
-      err32 = std::max({err32, std::abs(v32[j] - rv[j]), std::abs(d32[j] - rd[j])});
+      err16 = std::max({err16, excess(v16[j], rv[j]), excess(d16[j], rd[j])});
+      err32 = std::max({err32, excess(v32[j], rv[j]), excess(d32[j], rd[j])});
       total += rv[j];
     }
     CHECK(total == Approx(static_cast<double>(A)).epsilon(1e-9));  // rows sum to 1
-    // fp32 scores and exp2: ~1e-6 relative per probability, summed over A rows.
-    CHECK(err32 <= 2e-5);
-    CHECK(err16 <= 2e-5);
+    CHECK(err32 <= 1.0);
+    CHECK(err16 <= 1.0);
   }
 }
 

@@ -236,3 +236,55 @@ TEST_CASE("vertical-slash budget search beyond the first ranked 4096", "[sparse]
   CHECK(static_cast<double>(sel.pairs()) <= limit);
   CHECK(static_cast<double>(sel.pairs()) > 0.9 * limit);  // not needlessly small
 }
+
+TEST_CASE("pair counting: closed form, and the budget search's count without building",
+          "[sparse][vertical_slash][selection]") {
+  std::mt19937 rng(11);
+  // interval_pairs against counting every (query, key) pair.
+  for (int trial = 0; trial < 2000; ++trial) {
+    const index_t a = rng() % 200, z = a + rng() % 100, p0 = rng() % 250, p1 = p0 + rng() % 80;
+    index_t brute = 0;
+    for (index_t p = p0; p <= p1; ++p)
+      for (index_t key = a; key < z; ++key) brute += key <= p ? 1 : 0;
+    INFO("a=" << a << " z=" << z << " p0=" << p0 << " p1=" << p1);
+    REQUIRE(interval_pairs(a, z, p0, p1) == brute);
+  }
+  // vs_pairs equals the pairs of the selection vs_convert builds, for random kept columns and
+  // offsets, sequence lengths and query offsets (chunked prefill).
+  for (int trial = 0; trial < 200; ++trial) {
+    const index_t nq = 1 + rng() % 700, off = trial % 3 == 0 ? rng() % 300 : 0, P = off + nq;
+    std::vector<index_t> v, s;
+    for (index_t j = 0; j < P; ++j) {
+      if (rng() % 8 == 0) v.push_back(j);
+      if (rng() % 6 == 0) s.push_back(j);
+    }
+    s.push_back(0);  // offset 0 is always kept (forced)
+    std::sort(s.begin(), s.end(), std::greater<>());
+    s.erase(std::unique(s.begin(), s.end()), s.end());
+    prefill_selection sel(1, nq, P, off, 64);
+    policies::detail::vs_convert(v, s, sel, 0);
+    REQUIRE_NOTHROW(sel.validate());
+    INFO("trial " << trial << " nq=" << nq << " offset=" << off);
+    CHECK(policies::detail::vs_pairs(v, s, sel) == sel.head_pairs(0));
+  }
+}
+
+TEST_CASE("largest_fitting: within 1/64 of the largest fitting size, whatever it starts from",
+          "[sparse][vertical_slash]") {
+  std::mt19937 rng(12);
+  for (int trial = 0; trial < 3000; ++trial) {
+    const index_t top = 1 + rng() % 5000, best = rng() % (top + 1);  // fits(x) iff x <= best
+    index_t calls = 0;
+    auto fits = [&](index_t x) {
+      ++calls;
+      return x <= best;
+    };
+    const index_t x = policies::detail::largest_fitting(top, fits);
+    INFO("top=" << top << " best=" << best);
+    CHECK(x <= best);
+    CHECK(best - x <= std::max<index_t>(0, best / 64));
+    // Every power-of-two start <= 64 gives the same answer.
+    for (index_t first : {1, 2, 8, 32, 64})
+      CHECK(policies::detail::largest_fitting(top, fits, first) == x);
+  }
+}

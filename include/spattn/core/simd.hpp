@@ -65,6 +65,23 @@ inline vfloat load_f32(const bf16* p) {
 #endif
 }
 
+// Stores W fp32 values as fp16 (round to nearest even; F16C / AVX-512 where present).
+inline void store_f16(f16* p, vfloat v) {
+#if defined(__AVX512F__)
+  static_assert(W == 16);
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(p),
+                      _mm512_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+#elif defined(__AVX__) && defined(__F16C__)
+  static_assert(W == 8);
+  _mm_storeu_si128(reinterpret_cast<__m128i*>(p),
+                   _mm256_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+#else
+  alignas(64) float tmp[W];
+  v.store_aligned(tmp);
+  for (int i = 0; i < W; ++i) p[i] = to_f16(tmp[i]);
+#endif
+}
+
 // Converts n elements of T to fp32 (n any size; vectorised body, scalar tail).
 template <class T>
 inline void convert_to_f32(const T* src, float* dst, std::ptrdiff_t n) {

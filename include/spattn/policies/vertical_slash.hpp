@@ -17,8 +17,9 @@
 // 512 / 512 / 256); the reference class defaults are 64 / 128 / 64.
 //
 // Deliberate differences from the reference (documented choices):
-//  - Estimation is fp32 throughout (the reference computes scores and rounds P to bf16), so
-//    near-ties may resolve differently. bf16 inputs on AVX512-BF16 machines score with bf16 dot
+//  - Estimation scores and sums are fp32 (the reference computes scores and rounds P to bf16);
+//    P is held as fp16 between the two passes (see vs_estimate). Near-ties may resolve
+//    differently. bf16 inputs on AVX512-BF16 machines score with bf16 dot
 //    products: exact products, fp32 sums, i.e. the fp32 scores up to summation order.
 //  - Ties in top-k go to the lower index of the score array (vertical: lower column; slash: lower
 //    t, i.e. the larger offset); torch.topk leaves tie order unspecified.
@@ -70,9 +71,12 @@ double vs_estimate(const tensor_view<const TQ>& q, const tensor_view<const TK>& 
   const index_t nq = q.tokens(), P = q_offset + nq, d = q.head_dim();
   const index_t dpad = kernels::padded_dim(d), t0 = nq - A, ntiles = (P + BC - 1) / BC;
   // One pass over the keys keeps, per row, a running max and sum (online softmax) and stores
-  // p = 2^(s - running max) per tile with the max it used; the second pass only rescales by
-  // 2^(tile max - final max) / sum and accumulates. S is never stored whole in fp32 twice.
-  thread_local simd::aligned_buffer qs, pbuf, kt, sbuf;
+  // p = 2^(s - running max) in (0, 1] per tile with the max it used; the second pass only
+  // rescales by 2^(tile max - final max) / sum and accumulates. p is stored as fp16 (relative
+  // rounding 2^-11, finer than the reference's bf16 P; values below 2^-24 of the row's running
+  // max flush to zero): the A x P buffer is the pass's memory traffic, and halving it saves ~12%.
+  thread_local simd::aligned_buffer qs, kt, sbuf;
+  thread_local std::vector<f16> pbuf;
   thread_local std::vector<float> tile_max;
   pbuf.resize(static_cast<std::size_t>(ntiles * A * BC));
   kt.resize(static_cast<std::size_t>(d * BC));
@@ -95,8 +99,12 @@ double vs_estimate(const tensor_view<const TQ>& q, const tensor_view<const TK>& 
     kernels::pack_rows<TQ>([&](int j) { return q.row(t0 + j, h); }, static_cast<int>(A), d, dpad,
                            scale * kernels::log2e, qs.data());
   }
+  // Per row: the running max (scalar) and the running sum as a vector of lane sums, rescaled
+  // when the max grows; the max is reduced horizontally only when some lane exceeds it.
   std::vector<float> mx(static_cast<std::size_t>(A), kernels::neg_inf);
-  std::vector<float> l(static_cast<std::size_t>(A), 0.0f);
+  thread_local simd::aligned_buffer lsum;
+  lsum.resize(static_cast<std::size_t>(A * W));
+  std::fill(lsum.data(), lsum.data() + A * W, 0.0f);
   for (index_t tile = 0; tile < ntiles; ++tile) {
     const index_t k0 = tile * BC;
     const int n = static_cast<int>(std::min<index_t>(BC, P - k0));
@@ -111,7 +119,7 @@ double vs_estimate(const tensor_view<const TQ>& q, const tensor_view<const TK>& 
       kernels::pack_k_transposed<TK>([&](int j) { return k.row(k0 + j, kvh); }, n, d, kt.data());
       score_rows(qs.data(), dpad, kt.data(), d, sbuf.data(), static_cast<int>(A));
     }
-    float* pt = pbuf.data() + tile * A * BC;
+    f16* pt = pbuf.data() + tile * A * BC;
     for (index_t i = 0; i < A; ++i) {
       float* row = sbuf.data() + i * BC;
       const index_t pos = q_offset + t0 + i;
@@ -120,96 +128,142 @@ double vs_estimate(const tensor_view<const TQ>& q, const tensor_view<const TK>& 
       vfloat m = simd::load(row);
       for (int c = W; c < BC; c += W) m = xsimd::max(m, simd::load(row + c));
       float& mi = mx[static_cast<std::size_t>(i)];
-      const float m_new = std::max(mi, simd::hmax(m));
-      if (m_new > mi) {
-        l[static_cast<std::size_t>(i)] *= mi == kernels::neg_inf ? 0.0f : std::exp2(mi - m_new);
+      float* li = lsum.data() + i * W;
+      if (xsimd::any(m > vfloat(mi))) {
+        const float m_new = simd::hmax(m);
+        if (mi != kernels::neg_inf) simd::store(li, simd::load(li) * vfloat(std::exp2(mi - m_new)));
         mi = m_new;
       }
       tile_max[static_cast<std::size_t>(tile * A + i)] = mi;
+      if (mi == kernels::neg_inf) continue;  // nothing visible yet (pass 2 skips the row)
       const vfloat mv(mi);
       vfloat sum(0.0f);
-      float* prow = pt + i * BC;
+      f16* prow = pt + i * BC;
       for (int c = 0; c < BC; c += W) {
         const vfloat p = simd::exp2_neg(simd::load(row + c) - mv);
-        simd::store(prow + c, p);
+        simd::store_f16(prow + c, p);
         sum += p;
       }
-      l[static_cast<std::size_t>(i)] += simd::hsum(sum);
+      simd::store(li, simd::load(li) + sum);
     }
+  }
+  // Per row: 1 / (sum, times A when `mean`).
+  std::vector<float> inv_l(static_cast<std::size_t>(A));
+  for (index_t i = 0; i < A; ++i) {
+    const float l = simd::hsum(simd::load(lsum.data() + i * W));
+    inv_l[static_cast<std::size_t>(i)] = 1.0f / (mean ? l * static_cast<float>(A) : l);
   }
   vert.assign(static_cast<std::size_t>(ntiles * BC), 0.0f);
   diag.assign(static_cast<std::size_t>(ntiles * BC + A), 0.0f);
+  std::vector<float> w(static_cast<std::size_t>(A));
   for (index_t tile = 0; tile < ntiles; ++tile) {
     const index_t k0 = tile * BC;
-    const float* pt = pbuf.data() + tile * A * BC;
+    const f16* pt = pbuf.data() + tile * A * BC;
+    const float* tm = tile_max.data() + tile * A;
+    // Row weights 2^(tile max - final max) / sum; rows with nothing visible yet get 0 (skipped).
     for (index_t i = 0; i < A; ++i) {
-      const float* row = pt + i * BC;
       const auto ii = static_cast<std::size_t>(i);
-      const float tm = tile_max[static_cast<std::size_t>(tile * A + i)];
-      if (tm == kernels::neg_inf) continue;  // nothing visible yet
-      const float li = mean ? l[ii] * static_cast<float>(A) : l[ii];
-      const vfloat w(std::exp2(tm - mx[ii]) / li);
-      float* vr = vert.data() + k0;
+      w[ii] = tm[i] == kernels::neg_inf ? 0.0f : std::exp2(tm[i] - mx[ii]) * inv_l[ii];
+    }
+    constexpr int NV = BC / W;
+    vfloat vacc[NV];
+    for (int v = 0; v < NV; ++v) vacc[v] = vfloat(0.0f);
+    for (index_t i = 0; i < A; ++i) {
+      const float wi = w[static_cast<std::size_t>(i)];
+      if (wi == 0.0f) continue;
+      const f16* row = pt + i * BC;
+      const vfloat wv(wi);
       float* dr = diag.data() + k0 + (A - 1 - i);  // t = j + (P - 1 - pos_i)
-      for (int c = 0; c < BC; c += W) {
-        const vfloat p = simd::load(row + c) * w;
-        simd::store(vr + c, simd::load(vr + c) + p);
-        simd::store(dr + c, simd::load(dr + c) + p);
+      for (int v = 0; v < NV; ++v) {
+        const vfloat p = simd::load_f32(row + v * W) * wv;
+        vacc[v] += p;
+        simd::store(dr + v * W, simd::load(dr + v * W) + p);
       }
     }
+    for (int v = 0; v < NV; ++v) simd::store(vert.data() + k0 + v * W, vacc[v]);
   }
   vert.resize(static_cast<std::size_t>(P));
   diag.resize(static_cast<std::size_t>(P));
   return 2.0 * static_cast<double>(d) * static_cast<double>(A) * static_cast<double>(P);
 }
 
-// MInference's convert_vertical_slash_indexes for one head: `v` kept columns ascending, `s` kept
-// offsets descending; fills the head's entries of `sel` (block_q = block_k = 64).
+// MInference's convert_vertical_slash_indexes for one 64-query block starting at start_m (last
+// visible key position `last`): `v` kept columns ascending, `s` kept offsets descending. Calls
+// block(x) for each key block [x, x + 64) and column(c) for each extra column, both ascending;
+// the blocks are disjoint and no column lies in one. The columns before the first block (all
+// before start_m) go to leading(count) instead: they are v[0 .. count).
+template <class Leading, class Block, class Column>
+void vs_convert_block(const std::vector<index_t>& v, const std::vector<index_t>& s, index_t start_m,
+                      index_t last, Leading&& leading, Block&& block, Column&& column) {
+  const index_t nv = static_cast<index_t>(v.size()), ns = static_cast<index_t>(s.size());
+  const index_t end_m = start_m + vs_block;
+  index_t vi = 0;
+  // Skip the offsets >= end_m (s is descending).
+  index_t si =
+      std::partition_point(s.begin(), s.end(), [&](index_t o) { return o >= end_m; }) - s.begin();
+  if (si == ns) {  // no diagonal reaches this block (cannot happen: offset 0 is forced)
+    for (index_t c : v)
+      if (c <= last) column(c);
+    return;
+  }
+  index_t s_idx = std::max<index_t>(end_m - s[static_cast<std::size_t>(si++)], vs_block);
+  index_t r_start = s_idx - vs_block, r_end = s_idx;
+  vi = std::lower_bound(v.begin(), v.end(), r_start) - v.begin();  // r_start <= start_m
+  leading(vi);
+  index_t v_idx = vi < nv ? v[static_cast<std::size_t>(vi++)] : end_m + vs_block;
+  auto emit = [&] {
+    for (index_t x = r_start; x < r_end && x <= last; x += vs_block) block(x);
+  };
+  while (true) {
+    if (v_idx < r_end) {
+      if (v_idx < r_start) column(v_idx);
+      v_idx = vi < nv ? v[static_cast<std::size_t>(vi++)] : end_m + vs_block;
+    } else {
+      if (si < ns) {
+        s_idx = std::max<index_t>(end_m - s[static_cast<std::size_t>(si++)], vs_block);
+      } else {
+        emit();
+        return;
+      }
+      if (s_idx > r_end + vs_block) {
+        emit();
+        r_start = s_idx - vs_block;
+        r_end = s_idx;
+      } else if (s_idx > r_end) {
+        r_end += vs_block;
+      }
+    }
+  }
+}
+
+// Fills head h's entries of `sel` (block_q = block_k = 64) from kept columns and offsets.
 inline void vs_convert(const std::vector<index_t>& v, const std::vector<index_t>& s,
                        prefill_selection& sel, index_t h) {
-  const index_t nv = static_cast<index_t>(v.size()), ns = static_cast<index_t>(s.size());
   for (index_t m = 0; m < sel.q_blocks(); ++m) {
     auto& e = sel.at(h, m);
     e.blocks.clear();
     e.columns.clear();
-    const index_t start_m = sel.first_position(m), end_m = start_m + vs_block;
-    const index_t last = sel.last_position(m);
-    index_t vi = 0;
-    // Skip the offsets >= end_m (s is descending).
-    index_t si =
-        std::partition_point(s.begin(), s.end(), [&](index_t o) { return o >= end_m; }) - s.begin();
-    if (si == ns) {  // no diagonal reaches this block (cannot happen: offset 0 is forced)
-      for (index_t c : v)
-        if (c <= last) e.columns.push_back(c);
-      continue;
-    }
-    index_t v_idx = vi < nv ? v[static_cast<std::size_t>(vi++)] : end_m + vs_block;
-    index_t s_idx = std::max<index_t>(end_m - s[static_cast<std::size_t>(si++)], vs_block);
-    index_t r_start = s_idx - vs_block, r_end = s_idx;
-    auto emit = [&] {
-      for (index_t x = r_start; x < r_end && x <= last; x += vs_block) e.blocks.push_back(x);
-    };
-    while (true) {
-      if (v_idx < r_end) {
-        if (v_idx < r_start) e.columns.push_back(v_idx);
-        v_idx = vi < nv ? v[static_cast<std::size_t>(vi++)] : end_m + vs_block;
-      } else {
-        if (si < ns) {
-          s_idx = std::max<index_t>(end_m - s[static_cast<std::size_t>(si++)], vs_block);
-        } else {
-          emit();
-          break;
-        }
-        if (s_idx > r_end + vs_block) {
-          emit();
-          r_start = s_idx - vs_block;
-          r_end = s_idx;
-        } else if (s_idx > r_end) {
-          r_end += vs_block;
-        }
-      }
-    }
+    vs_convert_block(
+        v, s, sel.first_position(m), sel.last_position(m),
+        [&](index_t count) { e.columns.assign(v.begin(), v.begin() + count); },
+        [&](index_t x) { e.blocks.push_back(x); }, [&](index_t c) { e.columns.push_back(c); });
   }
+}
+
+// The pairs vs_convert's selection of one head computes (sel.head_pairs(h) after vs_convert),
+// without building it: the budget search evaluates many sizes.
+inline index_t vs_pairs(const std::vector<index_t>& v, const std::vector<index_t>& s,
+                        const prefill_selection& sel) {
+  index_t total = 0;
+  for (index_t m = 0; m < sel.q_blocks(); ++m) {
+    const index_t p0 = sel.first_position(m), p1 = sel.last_position(m);
+    const index_t limit = std::min(sel.k_tokens, p1 + 1);
+    vs_convert_block(
+        v, s, p0, p1, [&](index_t count) { total += count * (p1 - p0 + 1); },  // all before p0
+        [&](index_t x) { total += interval_pairs(x, std::min(x + vs_block, limit), p0, p1); },
+        [&](index_t c) { total += interval_pairs(c, std::min(c + 1, limit), p0, p1); });
+  }
+  return total;
 }
 
 // Kept columns (ascending) and offsets (descending) from the best-first orders.
@@ -360,10 +414,12 @@ inline std::vector<index_t> shared_cover_counts(const std::vector<const std::vec
 }
 
 // The largest x in [0, top] with fits(x), within 1/64 of it, for fits monotone (true up to some
-// x) and fits(0) true: doubling, then bisection.
+// x) and fits(0) true: doubling from `first`, then bisection. Any power of two first <= 64 gives
+// the same x (below 64 the bisection runs to width 1, above it the brackets are the same powers
+// of two); a larger first saves the doubling steps below it.
 template <class Fits>
-index_t largest_fitting(index_t top, Fits fits) {
-  index_t lo = 0, hi = 1;
+index_t largest_fitting(index_t top, Fits fits, index_t first = 64) {
+  index_t lo = 0, hi = first;
   while (hi < top && fits(hi)) {
     lo = hi;
     hi *= 2;
@@ -429,14 +485,16 @@ inline prefill_selection vs_select(const prefill_inputs& in, const vs_config& cf
     e.nv = std::max(e.nv, fc);
     e.ns = std::max(e.ns, fo);
   }
-  // Selection of head h with xv columns and xs diagonals (within its caps); returns its pairs.
-  auto apply = [&](index_t h, index_t xv, index_t xs) {
+  // Pairs of head h with xv columns and xs diagonals (within its caps); `build` also writes its
+  // selection.
+  auto apply = [&](index_t h, index_t xv, index_t xs, bool build) {
     auto& e = heads[static_cast<std::size_t>(h)];
     xv = std::clamp(xv, fc, e.nv);
     xs = std::clamp(xs, fo, e.ns);
     e.rank(std::max(xv, xs));
     std::vector<index_t> v, s;
     vs_pick(e.v_order, e.d_order, xv, xs, P, v, s);
+    if (!build) return vs_pairs(v, s, sel);
     vs_convert(v, s, sel, h);
     return sel.head_pairs(h);
   };
@@ -459,14 +517,14 @@ inline prefill_selection vs_select(const prefill_inputs& in, const vs_config& cf
     for_each_task(in.exec, H, [&](index_t h) {
       auto& e = heads[static_cast<std::size_t>(h)];
       e.rank(std::min<index_t>(P, 4096));
-      const auto pairs_at = [&](index_t x) { return apply(h, x, x); };
+      const auto pairs_at = [&](index_t x, bool build = false) { return apply(h, x, x, build); };
       const index_t least = pairs_at(0);
       require(least <= target, "budget",
               too_small(least, spattn::detail::concat("for head ", h).c_str()),
               spattn::detail::concat(target, " pairs per head"));
       const index_t top = std::max(e.nv, e.ns);
       const index_t lo = largest_fitting(top, [&](index_t x) { return pairs_at(x) <= target; });
-      pairs_at(lo);
+      pairs_at(lo, true);
     });
     return sel;
   }
@@ -477,7 +535,7 @@ inline prefill_selection vs_select(const prefill_inputs& in, const vs_config& cf
   for (auto& e : heads) e.rank(std::min<index_t>(P, 1024));
   const index_t total = target * H;
   std::vector<index_t> head_pairs(static_cast<std::size_t>(H));
-  const auto pairs_at = [&](index_t K) {
+  const auto pairs_at = [&](index_t K, bool build = false) {
     // Columns (even arrays) and diagonals (odd) of every head; ranking may extend (sequential).
     const auto take = split_best(K, 2 * H, [&](index_t i, float tau) {
       auto& e = heads[static_cast<std::size_t>(i / 2)];
@@ -488,8 +546,9 @@ inline prefill_selection vs_select(const prefill_inputs& in, const vs_config& cf
                                                        take[static_cast<std::size_t>(2 * h + 1)]));
     }
     for_each_task(in.exec, H, [&](index_t h) {
-      head_pairs[static_cast<std::size_t>(h)] = apply(h, take[static_cast<std::size_t>(2 * h)],
-                                                      take[static_cast<std::size_t>(2 * h + 1)]);
+      head_pairs[static_cast<std::size_t>(h)] =
+          apply(h, take[static_cast<std::size_t>(2 * h)], take[static_cast<std::size_t>(2 * h + 1)],
+                build);
     });
     index_t sum = 0;
     for (index_t x : head_pairs) sum += x;
@@ -503,7 +562,7 @@ inline prefill_selection vs_select(const prefill_inputs& in, const vs_config& cf
   for (const auto& e : heads) most += e.nv + e.ns;
   const index_t lo =  // extra entries beyond the forced ones
       largest_fitting(most - forced, [&](index_t e) { return pairs_at(forced + e) <= total; });
-  pairs_at(forced + lo);
+  pairs_at(forced + lo, true);
   return sel;
 }
 

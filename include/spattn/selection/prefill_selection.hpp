@@ -24,6 +24,18 @@
 
 namespace spattn {
 
+// Causal pairs of the key interval [a, z) with the queries at positions p0..p1: query p sees
+// the keys a..min(p, z - 1). Closed form of sum over p of clamp(p + 1 - a, 0, z - a).
+inline index_t interval_pairs(index_t a, index_t z, index_t p0, index_t p1) {
+  if (z <= a || p1 < a) return 0;
+  const index_t lo = std::max(p0, a), hi = std::min(p1, z - 1);  // rows seeing part of it
+  index_t total = 0;
+  if (lo <= hi) total += (hi - lo + 1) * (lo + hi + 2 - 2 * a) / 2;
+  const index_t full_from = std::max(p0, z);  // rows seeing all of it
+  if (full_from <= p1) total += (p1 - full_from + 1) * (z - a);
+  return total;
+}
+
 struct prefill_selection {
   struct entry {
     std::vector<index_t> blocks;   // start columns of key blocks, ascending, non-overlapping
@@ -111,14 +123,8 @@ struct prefill_selection {
     index_t total = 0;
     for (index_t b = 0; b < q_blocks(); ++b) {
       key_intervals(h, b, iv);
-      const index_t p0 = first_position(b), p1 = last_position(b), rows = p1 - p0 + 1;
-      for (const auto& [a, z] : iv) {
-        if (z - 1 <= p0) {
-          total += (z - a) * rows;
-        } else {
-          for (index_t p = p0; p <= p1; ++p) total += std::clamp<index_t>(p + 1 - a, 0, z - a);
-        }
-      }
+      for (const auto& [a, z] : iv)
+        total += interval_pairs(a, z, first_position(b), last_position(b));
     }
     return total;
   }
