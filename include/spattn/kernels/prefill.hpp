@@ -75,12 +75,13 @@ void run_prefill_item(const prefill_item& it, const sequence_span& sp,
     pack_rows<TKV>([&](int j) { return v.row(sp.k_begin + k0 + j, it.kv_head); }, n, d, dpad, 1.0f,
                    sc.vp.data());
     const bool masked = (causal && k0 + n - 1 > first_pos) || n < BC;
+    const k_columns kc = packed_columns(sc.kt.data());
     if (!masked) {
       attend_tile(
-          sc.qs.data(), d, sc.kt.data(), sc.vp.data(), st, [](int) { return BC; }, sc.s.data());
+          sc.qs.data(), d, kc, sc.vp.data(), st, [](int) { return BC; }, sc.s.data());
     } else {
       attend_tile(
-          sc.qs.data(), d, sc.kt.data(), sc.vp.data(), st,
+          sc.qs.data(), d, kc, sc.vp.data(), st,
           [&](int r) {
             if (!causal) return n;
             const index_t pos = first_pos + r % bq;

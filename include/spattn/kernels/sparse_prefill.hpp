@@ -20,6 +20,7 @@
 #include <algorithm>
 #include <bit>
 #include <cstdint>
+#include <type_traits>
 #include <unordered_map>
 #include <utility>
 #include <vector>
@@ -105,11 +106,81 @@ struct sparse_scratch {
   }
 };
 
+// K^T panels: the keys of one KV head packed once per call as 64-key tiles - fp32 keys in
+// pack_k_transposed's layout, bf16 keys as pack_k_pairs_transposed's dimension pairs (the same
+// bytes as K; converted in registers by the pair qk_panel, bit-identical scores). A tile made of
+// aligned runs of panel_run keys (block-sparse chunks) reads its keys from the panels instead of
+// gathering and transposing K: with the few rows per tile of 16-query blocks with per-head chunk
+// sets, that per-tile packing cost ~10% of the kernel. fp16 keys have no panels (packed per tile).
+inline constexpr index_t panel_run = 16;
+static_assert(panel_run % W == 0 && BC % panel_run == 0);
+
+template <class TKV>
+inline constexpr bool has_k_panels = std::is_same_v<TKV, float> || std::is_same_v<TKV, bf16>;
+
+template <class TKV>
+struct k_panels {
+  static constexpr bool pairs = std::is_same_v<TKV, bf16>;
+  using word = std::conditional_t<pairs, std::uint32_t, float>;
+  using columns = std::conditional_t<pairs, k_pair_columns, k_columns>;
+  word* data = nullptr;
+  index_t lines = 0;  // words per key per tile row: d (fp32) or d / 2 (bf16 pairs)
+
+  static index_t words(index_t tokens, index_t d) {
+    return (tokens + BC - 1) / BC * BC * (pairs ? d / 2 : d);
+  }
+  const word* at(index_t key) const { return data + key / BC * lines * BC + key % BC; }
+
+  // Packs KV head kvh of k (tokens rounded up to BC keys, the rest zero).
+  void pack(const tensor_view<const TKV>& k, index_t kvh, const executor& exec) {
+    const index_t d = k.head_dim(), tiles = (k.tokens() + BC - 1) / BC;
+    lines = pairs ? d / 2 : d;
+    exec.parallel_for(tiles, [&](index_t t) {
+      const int n = static_cast<int>(std::min<index_t>(BC, k.tokens() - t * BC));
+      auto row = [&](int j) { return k.row(t * BC + j, kvh); };
+      if constexpr (pairs) {
+        pack_k_pairs_transposed(row, n, d, data + t * lines * BC);
+      } else {
+        pack_k_transposed<TKV>(row, n, d, data + t * lines * BC);
+      }
+    });
+  }
+
+  // The tile cols[0 .. n) (aligned_runs) in the panels; columns >= n repeat the first run (they
+  // are masked).
+  columns of(const index_t* cols, int n) const {
+    columns kc;
+    constexpr int per_run = static_cast<int>(panel_run) / W;
+    for (int r = 0; r < BC / static_cast<int>(panel_run); ++r) {
+      const word* p = at(r * panel_run < n ? cols[r * panel_run] : cols[0]);
+      for (int i = 0; i < per_run; ++i) kc.at[r * per_run + i] = p + i * W;
+    }
+    return kc;
+  }
+
+  void prefetch_run(index_t key) const {
+    const word* p = at(key);
+    for (index_t x = 0; x < lines; ++x)
+      _mm_prefetch(reinterpret_cast<const char*>(p + x * BC), _MM_HINT_T1);
+  }
+};
+
+// Whether cols[0 .. n) is whole runs of panel_run consecutive keys, each starting at a multiple
+// of panel_run (cols is sorted and unique, so a run's last key decides).
+inline bool aligned_runs(const index_t* cols, int n) {
+  if (n % panel_run != 0) return false;
+  for (int j = 0; j < n; j += static_cast<int>(panel_run))
+    if (cols[j] % panel_run != 0 || cols[j + panel_run - 1] != cols[j] + panel_run - 1)
+      return false;
+  return true;
+}
+
 template <class TQ, class TKV, class TO>
 void run_sparse_item(const sparse_item& it, const prefill_selection& sel, const sparse_layout& lay,
                      const tensor_view<const TQ>& q, const tensor_view<const TKV>& k,
                      const tensor_view<const TKV>& v, const tensor_view<TO>& out,
-                     const lse_view& lse, const detail::resolved_call& c, sparse_scratch& sc) {
+                     const lse_view& lse, const detail::resolved_call& c,
+                     const k_panels<TKV>* panels, sparse_scratch& sc) {
   const index_t d = c.head_dim, dpad = padded_dim(d), bq = it.q1 - it.q0;
   const int rows = static_cast<int>(bq * it.nh);
   sc.qs.resize(static_cast<std::size_t>(rows * dpad));
@@ -199,11 +270,13 @@ void run_sparse_item(const sparse_item& it, const prefill_selection& sel, const 
     const std::vector<index_t>& list = sc.lists[li];
     const std::size_t end = std::min<std::size_t>(list.size(), t0 + BC);
     for (std::size_t j = t0; j < end; ++j) {
-      const char* kr = reinterpret_cast<const char*>(k.row(list[j], it.kv_head));
       const char* vr = reinterpret_cast<const char*>(v.row(list[j], it.kv_head));
-      for (std::size_t b = 0; b < row_bytes; b += 64) {
-        _mm_prefetch(kr + b, _MM_HINT_T1);
-        _mm_prefetch(vr + b, _MM_HINT_T1);
+      for (std::size_t b = 0; b < row_bytes; b += 64) _mm_prefetch(vr + b, _MM_HINT_T1);
+      if (panels == nullptr) {
+        const char* kr = reinterpret_cast<const char*>(k.row(list[j], it.kv_head));
+        for (std::size_t b = 0; b < row_bytes; b += 64) _mm_prefetch(kr + b, _MM_HINT_T1);
+      } else if (list[j] % panel_run == 0) {
+        panels->prefetch_run(list[j]);  // the run's K^T lines
       }
     }
   };
@@ -219,35 +292,44 @@ void run_sparse_item(const sparse_item& it, const prefill_selection& sel, const 
       } else {
         prefetch_tile(li + 1, 0);
       }
-      pack_k_transposed<TKV>([&](int j) { return k.row(cols[j], it.kv_head); }, n, d, sc.kt.data());
       pack_rows<TKV>([&](int j) { return v.row(cols[j], it.kv_head); }, n, d, dpad, 1.0f,
                      sc.vp.data());
       const index_t max_col = cols[n - 1];
-      for (std::uint64_t bits = m; bits != 0;) {
-        const int lo = std::countr_zero(bits);
-        const int len = std::countr_one(bits >> lo);
-        bits = len >= 64 ? 0 : bits & ~(((std::uint64_t{1} << len) - 1) << lo);
-        index_t r_begin = group_rows(lo).first, r_end = group_rows(lo + len - 1).second;
-        index_t min_pos = first_pos + sel.block_q * sub;  // > any row's position
-        for (int rg = lo; rg < lo + len; ++rg) {
-          min_pos = std::min(min_pos, first_pos + (rg / nh) * bqs);
+      // Every run of contiguous row groups of the mask attends the tile.
+      auto attend_groups = [&](const auto& kc) {
+        for (std::uint64_t bits = m; bits != 0;) {
+          const int lo = std::countr_zero(bits);
+          const int len = std::countr_one(bits >> lo);
+          bits = len >= 64 ? 0 : bits & ~(((std::uint64_t{1} << len) - 1) << lo);
+          index_t r_begin = group_rows(lo).first, r_end = group_rows(lo + len - 1).second;
+          index_t min_pos = first_pos + sel.block_q * sub;  // > any row's position
+          for (int rg = lo; rg < lo + len; ++rg) {
+            min_pos = std::min(min_pos, first_pos + (rg / nh) * bqs);
+          }
+          if (r_end <= r_begin) continue;
+          const softmax_state part{st.o + r_begin * dpad, st.m + r_begin, st.l + r_begin,
+                                   static_cast<int>(r_end - r_begin), dpad};
+          const float* qpart = sc.qs.data() + r_begin * dpad;
+          if (max_col <= min_pos) {
+            attend_tile(
+                qpart, d, kc, sc.vp.data(), part, [n](int) { return n; }, sc.s.data());
+          } else {
+            attend_tile(
+                qpart, d, kc, sc.vp.data(), part,
+                [&](int r) {
+                  const index_t pos = first_pos + row_token(r_begin + r);
+                  return static_cast<int>(std::upper_bound(cols, cols + n, pos) - cols);
+                },
+                sc.s.data());
+          }
         }
-        if (r_end <= r_begin) continue;
-        const softmax_state part{st.o + r_begin * dpad, st.m + r_begin, st.l + r_begin,
-                                 static_cast<int>(r_end - r_begin), dpad};
-        const float* qpart = sc.qs.data() + r_begin * dpad;
-        if (max_col <= min_pos) {
-          attend_tile(
-              qpart, d, sc.kt.data(), sc.vp.data(), part, [n](int) { return n; }, sc.s.data());
-        } else {
-          attend_tile(
-              qpart, d, sc.kt.data(), sc.vp.data(), part,
-              [&](int r) {
-                const index_t pos = first_pos + row_token(r_begin + r);
-                return static_cast<int>(std::upper_bound(cols, cols + n, pos) - cols);
-              },
-              sc.s.data());
-        }
+      };
+      if (panels != nullptr && aligned_runs(cols, n)) {
+        attend_groups(panels->of(cols, n));
+      } else {
+        pack_k_transposed<TKV>([&](int j) { return k.row(cols[j], it.kv_head); }, n, d,
+                               sc.kt.data());
+        attend_groups(packed_columns(sc.kt.data()));
       }
     }
   }
@@ -290,11 +372,34 @@ void sparse_prefill(tensor_view<Q> q, tensor_view<K> k, tensor_view<V> v, tensor
   const auto qc = as_const(q);
   const auto kc = as_const(k);
   const auto vc = as_const(v);
-  opt.exec.parallel_for(static_cast<index_t>(items.size()), [&](index_t i) {
-    thread_local kernels::sparse_scratch sc;
-    kernels::run_sparse_item(items[static_cast<std::size_t>(i)], sel, lay, qc, kc, vc, out, lse, c,
-                             sc);
-  });
+  using panels_t = kernels::k_panels<std::remove_const_t<K>>;
+  auto run = [&](const std::vector<kernels::sparse_item>& list, const panels_t* panels) {
+    opt.exec.parallel_for(static_cast<index_t>(list.size()), [&](index_t i) {
+      thread_local kernels::sparse_scratch sc;
+      kernels::run_sparse_item(list[static_cast<std::size_t>(i)], sel, lay, qc, kc, vc, out, lse, c,
+                               panels, sc);
+    });
+  };
+  // Query blocks under 64 tokens (few rows per tile) on 16-aligned key blocks: K from panels,
+  // one KV head at a time, so the panels hold one KV head's K (fp32 or bf16, as stored).
+  if constexpr (kernels::has_k_panels<std::remove_const_t<K>>) {
+    if (sel.block_q < kernels::sparse_block_q && sel.block_k % kernels::panel_run == 0) {
+      thread_local simd::aligned_buffer store;  // floats; holds bf16 pairs as 32-bit words
+      store.resize(static_cast<std::size_t>(panels_t::words(k.tokens(), c.head_dim)));
+      panels_t panels;
+      panels.data = reinterpret_cast<typename panels_t::word*>(store.data());
+      std::vector<kernels::sparse_item> head_items;
+      for (index_t kvh = 0; kvh < c.kv_heads; ++kvh) {
+        head_items.clear();
+        for (const auto& it : items)
+          if (it.kv_head == kvh) head_items.push_back(it);
+        panels.pack(kc, kvh, opt.exec);
+        run(head_items, &panels);
+      }
+      return;
+    }
+  }
+  run(items, nullptr);
 }
 
 }  // namespace spattn

@@ -124,16 +124,37 @@ inline void pack_k_transposed(RowPtr row_ptr, int n, index_t d, float* kt) {
   pack_k_transposed_scalar<T>(row_ptr, n, d, kt);
 }
 
-// S[R][BC] (columns col0 .. col0 + NV*W) = Q[R][d] . Kt[d][BC].
+// Where a tile's transposed keys are: K[j][x] of tile column j = v * W + i (lane i of vector v)
+// is at[v][x * BC + i]. A packed tile (pack_k_transposed) has at[v] = kt + v * W; a tile gathered
+// from whole-sequence panels (kernels/sparse_prefill.hpp) points each vector at its keys' panel.
+struct k_columns {
+  const float* at[BC / W];
+};
+
+// The same for bf16 keys packed as transposed dimension pairs (pack_k_pairs_transposed): the
+// 32-bit word (K[j][2 x2], K[j][2 x2 + 1]) of column j = v * W + i is at[v][x2 * BC + i].
+struct k_pair_columns {
+  const std::uint32_t* at[BC / W];
+};
+
+inline k_columns packed_columns(const float* kt) {
+  k_columns c;
+  for (int v = 0; v < BC / W; ++v) c.at[v] = kt + v * W;
+  return c;
+}
+
+// S[R][BC] (columns col0 .. col0 + NV*W) = Q[R][d] . K^T.
 template <int R, int NV>
-inline void qk_panel(const float* q, index_t ldq, const float* kt, index_t d, float* s, int col0) {
+inline void qk_panel(const float* q, index_t ldq, const k_columns& kc, index_t d, float* s,
+                     int col0) {
   vfloat acc[R][NV];
   for (int r = 0; r < R; ++r)
     for (int v = 0; v < NV; ++v) acc[r][v] = vfloat(0.0f);
-  const float* kp = kt + col0;
-  for (index_t x = 0; x < d; ++x, kp += BC) {
+  const float* kp[NV];
+  for (int v = 0; v < NV; ++v) kp[v] = kc.at[col0 / W + v];
+  for (index_t x = 0, off = 0; x < d; ++x, off += BC) {
     vfloat b[NV];
-    for (int v = 0; v < NV; ++v) b[v] = simd::load(kp + v * W);
+    for (int v = 0; v < NV; ++v) b[v] = simd::load(kp[v] + off);
     for (int r = 0; r < R; ++r) {
       const vfloat a(q[r * ldq + x]);
       for (int v = 0; v < NV; ++v) acc[r][v] = xsimd::fma(a, b[v], acc[r][v]);
@@ -143,10 +164,37 @@ inline void qk_panel(const float* q, index_t ldq, const float* kt, index_t d, fl
     for (int v = 0; v < NV; ++v) simd::store(s + r * BC + col0 + v * W, acc[r][v]);
 }
 
-#if defined(__AVX512BF16__)
-// bf16 x bf16 scores with AVX512-BF16 dot products (two products per lane per instruction, exact
-// products, fp32 accumulation): twice the fp32 FMA rate, for estimation passes over bf16 inputs.
-inline constexpr bool has_bf16_dot = true;
+// The same over bf16 pair columns (d even): a word's low half is dimension 2 x2 (<< 16 makes it
+// fp32), its high half dimension 2 x2 + 1 (masking the low half does). The FMAs run in the same
+// order on the same fp32 values as the fp32 version, so the scores are bit-identical.
+template <int R, int NV>
+inline void qk_panel(const float* q, index_t ldq, const k_pair_columns& kc, index_t d, float* s,
+                     int col0) {
+  using simd::vint;
+  vfloat acc[R][NV];
+  for (int r = 0; r < R; ++r)
+    for (int v = 0; v < NV; ++v) acc[r][v] = vfloat(0.0f);
+  const std::int32_t* kp[NV];
+  for (int v = 0; v < NV; ++v) kp[v] = reinterpret_cast<const std::int32_t*>(kc.at[col0 / W + v]);
+  const vint high(static_cast<std::int32_t>(0xFFFF0000u));
+  for (index_t x2 = 0, off = 0; x2 < d / 2; ++x2, off += BC) {
+    vfloat b[NV];
+    for (int v = 0; v < NV; ++v)
+      b[v] = xsimd::bitwise_cast<vfloat>(vint::load_unaligned(kp[v] + off) << 16);
+    for (int r = 0; r < R; ++r) {
+      const vfloat a(q[r * ldq + 2 * x2]);
+      for (int v = 0; v < NV; ++v) acc[r][v] = xsimd::fma(a, b[v], acc[r][v]);
+    }
+    for (int v = 0; v < NV; ++v)
+      b[v] = xsimd::bitwise_cast<vfloat>(vint::load_unaligned(kp[v] + off) & high);
+    for (int r = 0; r < R; ++r) {
+      const vfloat a(q[r * ldq + 2 * x2 + 1]);
+      for (int v = 0; v < NV; ++v) acc[r][v] = xsimd::fma(a, b[v], acc[r][v]);
+    }
+  }
+  for (int r = 0; r < R; ++r)
+    for (int v = 0; v < NV; ++v) simd::store(s + r * BC + col0 + v * W, acc[r][v]);
+}
 
 // Packs a bf16 key tile as transposed dimension pairs: kp[x2 * BC + j] = (K[j][2 x2], K[j][2 x2
 // + 1]) as one 32-bit word; columns j >= n are zero. d must be even.
@@ -168,6 +216,11 @@ inline void pack_k_pairs_transposed(RowPtr row_ptr, int n, index_t d, std::uint3
     }
   }
 }
+
+#if defined(__AVX512BF16__)
+// bf16 x bf16 scores with AVX512-BF16 dot products (two products per lane per instruction, exact
+// products, fp32 accumulation): twice the fp32 FMA rate, for estimation passes over bf16 inputs.
+inline constexpr bool has_bf16_dot = true;
 
 // S[R][col0 .. col0 + NV*W] = scale * Q[R][d] . K (q rows as bf16 pairs, ldq pairs apart).
 template <int R, int NV>
@@ -243,9 +296,9 @@ inline bool softmax_row(float* s, int valid, float& m, float& l, float* o_row, i
   return true;
 }
 
-template <int R>
-inline void qk_panel_all(const float* q, index_t ldq, const float* kt, index_t d, float* s) {
-  for (int c = 0; c < BC; c += QK_NV * W) qk_panel<R, QK_NV>(q, ldq, kt, d, s, c);
+template <int R, class KC>
+inline void qk_panel_all(const float* q, index_t ldq, const KC& kc, index_t d, float* s) {
+  for (int c = 0; c < BC; c += QK_NV * W) qk_panel<R, QK_NV>(q, ldq, kc, d, s, c);
 }
 
 template <int R>
@@ -269,8 +322,8 @@ inline void pv_panel_all(const float* p, int ncols, const float* vp, index_t dpa
 
 // One packed key tile against a panel of R rows starting at row r0.
 // valid[r] = number of leading tile columns row r0 + r may see (0..ncols).
-template <int R>
-inline void attend_panel(const float* qs, index_t dpad, index_t d, const float* kt, const float* vp,
+template <int R, class KC>
+inline void attend_panel(const float* qs, index_t dpad, index_t d, const KC& kt, const float* vp,
                          const int* valid, const softmax_state& st, int r0, float* s) {
   int max_valid = 0;
   for (int r = 0; r < R; ++r) max_valid = std::max(max_valid, valid[r]);
@@ -283,8 +336,8 @@ inline void attend_panel(const float* qs, index_t dpad, index_t d, const float* 
 }
 
 // Runs a packed tile over all rows of the state. valid_of(r) gives row r's valid column count.
-template <class ValidOf>
-inline void attend_tile(const float* qs, index_t d, const float* kt, const float* vp,
+template <class KC, class ValidOf>
+inline void attend_tile(const float* qs, index_t d, const KC& kt, const float* vp,
                         const softmax_state& st, ValidOf valid_of, float* s_scratch) {
   int valid[MR];
   int r0 = 0;

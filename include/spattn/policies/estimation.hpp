@@ -46,8 +46,9 @@ inline void for_each_row_panel(int rows, Panel&& panel) {
 // S[r][0..BC) = qs[r] . Kt for `rows` packed rows (row stride dpad); S has row stride BC.
 inline void score_rows(const float* qs, index_t dpad, const float* kt, index_t d, float* s,
                        int rows) {
+  const kernels::k_columns kc = kernels::packed_columns(kt);
   for_each_row_panel(rows, [&](auto R, int r0) {
-    kernels::qk_panel_all<R()>(qs + r0 * dpad, dpad, kt, d, s + r0 * BC);
+    kernels::qk_panel_all<R()>(qs + r0 * dpad, dpad, kc, d, s + r0 * BC);
   });
 }
 
