@@ -81,7 +81,7 @@ inline std::vector<sparse_item> plan_sparse_prefill(const prefill_selection& sel
 }
 
 struct sparse_scratch {
-  simd::aligned_buffer qs, o, ml, kt, vp, s;
+  simd::aligned_buffer qs, o, ml, kt, vp, s, row;
   std::vector<std::pair<index_t, index_t>> iv;
   std::vector<std::uint64_t> events;
   std::vector<std::vector<index_t>> lists;
@@ -123,6 +123,9 @@ struct k_panels {
   static constexpr bool pairs = std::is_same_v<TKV, bf16>;
   using word = std::conditional_t<pairs, std::uint32_t, float>;
   using columns = std::conditional_t<pairs, k_pair_columns, k_columns>;
+  using v_source = std::conditional_t<pairs, v_pair_rows, v_rows>;  // V read in place
+  // Whether V rows can be read in place for head_dim d (whole vectors, whole pair blocks).
+  static bool v_in_place(index_t d) { return d % (pairs ? 2 * W : W) == 0; }
   word* data = nullptr;
   index_t lines = 0;  // words per key per tile row: d (fp32) or d / 2 (bf16 pairs)
 
@@ -262,6 +265,9 @@ void run_sparse_item(const sparse_item& it, const prefill_selection& sel, const 
   }
 
   const index_t first_pos = sel.q_offset + it.q0;  // position of row 0 of every head
+  // Panel mode reads V rows in place (no per-tile V pack) where head_dim allows.
+  bool v_in_place = false;
+  if constexpr (has_k_panels<TKV>) v_in_place = panels != nullptr && k_panels<TKV>::v_in_place(d);
   // Gathered K/V rows are not sequential: fetch the next tile's rows (into L2) while attending
   // this one.
   const std::size_t row_bytes = static_cast<std::size_t>(d) * sizeof(TKV);
@@ -292,11 +298,9 @@ void run_sparse_item(const sparse_item& it, const prefill_selection& sel, const 
       } else {
         prefetch_tile(li + 1, 0);
       }
-      pack_rows<TKV>([&](int j) { return v.row(cols[j], it.kv_head); }, n, d, dpad, 1.0f,
-                     sc.vp.data());
       const index_t max_col = cols[n - 1];
       // Every run of contiguous row groups of the mask attends the tile.
-      auto attend_groups = [&](const auto& kc) {
+      auto attend_groups = [&](const auto& kc, const auto& vs) {
         for (std::uint64_t bits = m; bits != 0;) {
           const int lo = std::countr_zero(bits);
           const int len = std::countr_one(bits >> lo);
@@ -312,10 +316,10 @@ void run_sparse_item(const sparse_item& it, const prefill_selection& sel, const 
           const float* qpart = sc.qs.data() + r_begin * dpad;
           if (max_col <= min_pos) {
             attend_tile(
-                qpart, d, kc, sc.vp.data(), part, [n](int) { return n; }, sc.s.data());
+                qpart, d, kc, vs, part, [n](int) { return n; }, sc.s.data());
           } else {
             attend_tile(
-                qpart, d, kc, sc.vp.data(), part,
+                qpart, d, kc, vs, part,
                 [&](int r) {
                   const index_t pos = first_pos + row_token(r_begin + r);
                   return static_cast<int>(std::upper_bound(cols, cols + n, pos) - cols);
@@ -324,20 +328,43 @@ void run_sparse_item(const sparse_item& it, const prefill_selection& sel, const 
           }
         }
       };
+      // V: in place (panel mode), else packed for the tile.
+      auto attend_with_v = [&](const auto& kc) {
+        if constexpr (has_k_panels<TKV>) {
+          if (v_in_place) {
+            typename k_panels<TKV>::v_source vr;
+            using word = typename k_panels<TKV>::word;
+            for (int j = 0; j < n; ++j)
+              vr.row[j] = reinterpret_cast<const word*>(v.row(cols[j], it.kv_head));
+            for (int j = n; j < BC; ++j) vr.row[j] = vr.row[0];  // beyond ncols: never read
+            attend_groups(kc, vr);
+            return;
+          }
+        }
+        pack_rows<TKV>([&](int j) { return v.row(cols[j], it.kv_head); }, n, d, dpad, 1.0f,
+                       sc.vp.data());
+        attend_groups(kc, static_cast<const float*>(sc.vp.data()));
+      };
       if (panels != nullptr && aligned_runs(cols, n)) {
-        attend_groups(panels->of(cols, n));
+        attend_with_v(panels->of(cols, n));
       } else {
         pack_k_transposed<TKV>([&](int j) { return k.row(cols[j], it.kv_head); }, n, d,
                                sc.kt.data());
-        attend_groups(packed_columns(sc.kt.data()));
+        attend_with_v(packed_columns(sc.kt.data()));
       }
     }
   }
+  const bool pair_layout = v_in_place && k_panels<TKV>::pairs;
+  sc.row.resize(static_cast<std::size_t>(dpad));
   for (int r = 0; r < rows; ++r) {
     const index_t b = r / (bqs * nh), w = r % (bqs * nh);
     const index_t h = first_head + w / sub_rows(b), t = it.q0 + row_token(r);
-    finalize_row(st.o + r * dpad, st.m[r], st.l[r], d, out.row(t, h),
-                 lse.empty() ? nullptr : &lse.at(t, h));
+    const float* o = st.o + r * dpad;
+    if (pair_layout) {
+      unpermute_pairs(o, d, sc.row.data());
+      o = sc.row.data();
+    }
+    finalize_row(o, st.m[r], st.l[r], d, out.row(t, h), lse.empty() ? nullptr : &lse.at(t, h));
   }
 }
 

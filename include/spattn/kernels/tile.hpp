@@ -10,6 +10,7 @@
 #include <cstdint>
 #include <cstring>
 #include <limits>
+#include <type_traits>
 
 #include "spattn/core/simd.hpp"
 #include "spattn/core/tensor_view.hpp"
@@ -267,6 +268,71 @@ inline void pv_panel(const float* p, int ncols, const float* vp, index_t dpad, f
     for (int v = 0; v < NV; ++v) simd::store(o + r * dpad + d0 + v * W, acc[r][v]);
 }
 
+// V rows read in place instead of packed per tile: fp32 rows (d a multiple of W), or bf16 rows
+// as 32-bit words (d a multiple of 2 W), whose low halves are the even dimensions and high halves
+// the odd ones. The pair form accumulates O in pair layout: in each block of 2 W dimensions, the W
+// even ones first, then the W odd ones (unpermute_pairs restores the order).
+struct v_rows {
+  const float* row[BC];
+};
+struct v_pair_rows {
+  const std::uint32_t* row[BC];
+};
+
+template <int R, int NV>
+inline void pv_panel(const float* p, int ncols, const v_rows& vr, index_t dpad, float* o,
+                     index_t d0) {
+  vfloat acc[R][NV];
+  for (int r = 0; r < R; ++r)
+    for (int v = 0; v < NV; ++v) acc[r][v] = simd::load(o + r * dpad + d0 + v * W);
+  for (int j = 0; j < ncols; ++j) {
+    const float* vrow = vr.row[j] + d0;
+    vfloat b[NV];
+    for (int v = 0; v < NV; ++v) b[v] = simd::load(vrow + v * W);
+    for (int r = 0; r < R; ++r) {
+      const vfloat a(p[r * BC + j]);
+      for (int v = 0; v < NV; ++v) acc[r][v] = xsimd::fma(a, b[v], acc[r][v]);
+    }
+  }
+  for (int r = 0; r < R; ++r)
+    for (int v = 0; v < NV; ++v) simd::store(o + r * dpad + d0 + v * W, acc[r][v]);
+}
+
+template <int R, int NV>
+inline void pv_panel(const float* p, int ncols, const v_pair_rows& vr, index_t dpad, float* o,
+                     index_t d0) {
+  static_assert(NV % 2 == 0, "pairs come as even / odd vector pairs");
+  using simd::vint;
+  const vint high(static_cast<std::int32_t>(0xFFFF0000u));
+  vfloat acc[R][NV];
+  for (int r = 0; r < R; ++r)
+    for (int v = 0; v < NV; ++v) acc[r][v] = simd::load(o + r * dpad + d0 + v * W);
+  for (int j = 0; j < ncols; ++j) {
+    const auto* words = reinterpret_cast<const std::int32_t*>(vr.row[j]) + d0 / 2;
+    vfloat b[NV];
+    for (int v = 0; v < NV; v += 2) {
+      const vint w = vint::load_unaligned(words + v / 2 * W);
+      b[v] = xsimd::bitwise_cast<vfloat>(w << 16);
+      b[v + 1] = xsimd::bitwise_cast<vfloat>(w & high);
+    }
+    for (int r = 0; r < R; ++r) {
+      const vfloat a(p[r * BC + j]);
+      for (int v = 0; v < NV; ++v) acc[r][v] = xsimd::fma(a, b[v], acc[r][v]);
+    }
+  }
+  for (int r = 0; r < R; ++r)
+    for (int v = 0; v < NV; ++v) simd::store(o + r * dpad + d0 + v * W, acc[r][v]);
+}
+
+// Writes the first d values of an O row in pair layout (v_pair_rows) in dimension order.
+inline void unpermute_pairs(const float* o, index_t d, float* out) {
+  for (index_t b = 0; b < d; b += 2 * W)
+    for (index_t i = 0; i < W; ++i) {
+      out[b + 2 * i] = o[b + i];
+      out[b + 2 * i + 1] = o[b + W + i];
+    }
+}
+
 // Online softmax on one row of S (in place: S becomes P). `valid` leading columns count, the rest
 // are masked. Updates m, l and rescales the output row. Returns false when the row is still
 // fully masked (P is zero then).
@@ -301,29 +367,33 @@ inline void qk_panel_all(const float* q, index_t ldq, const KC& kc, index_t d, f
   for (int c = 0; c < BC; c += QK_NV * W) qk_panel<R, QK_NV>(q, ldq, kc, d, s, c);
 }
 
-template <int R>
-inline void pv_panel_all(const float* p, int ncols, const float* vp, index_t dpad, float* o) {
+template <int R, class VS>
+inline void pv_panel_all(const float* p, int ncols, const VS& vp, index_t dpad, float* o) {
   const index_t full = dpad / (PV_NV * W) * (PV_NV * W);
   for (index_t d0 = 0; d0 < full; d0 += PV_NV * W) pv_panel<R, PV_NV>(p, ncols, vp, dpad, o, d0);
-  switch ((dpad - full) / W) {
-    case 1:
-      pv_panel<R, 1>(p, ncols, vp, dpad, o, full);
-      break;
-    case 2:
-      pv_panel<R, 2>(p, ncols, vp, dpad, o, full);
-      break;
-    case 3:
-      pv_panel<R, 3>(p, ncols, vp, dpad, o, full);
-      break;
-    default:
-      break;
+  if constexpr (std::is_same_v<VS, v_pair_rows>) {  // dpad a multiple of 2 W
+    if (dpad - full == 2 * W) pv_panel<R, 2>(p, ncols, vp, dpad, o, full);
+  } else {
+    switch ((dpad - full) / W) {
+      case 1:
+        pv_panel<R, 1>(p, ncols, vp, dpad, o, full);
+        break;
+      case 2:
+        pv_panel<R, 2>(p, ncols, vp, dpad, o, full);
+        break;
+      case 3:
+        pv_panel<R, 3>(p, ncols, vp, dpad, o, full);
+        break;
+      default:
+        break;
+    }
   }
 }
 
 // One packed key tile against a panel of R rows starting at row r0.
 // valid[r] = number of leading tile columns row r0 + r may see (0..ncols).
-template <int R, class KC>
-inline void attend_panel(const float* qs, index_t dpad, index_t d, const KC& kt, const float* vp,
+template <int R, class KC, class VS>
+inline void attend_panel(const float* qs, index_t dpad, index_t d, const KC& kt, const VS& vp,
                          const int* valid, const softmax_state& st, int r0, float* s) {
   int max_valid = 0;
   for (int r = 0; r < R; ++r) max_valid = std::max(max_valid, valid[r]);
@@ -336,8 +406,8 @@ inline void attend_panel(const float* qs, index_t dpad, index_t d, const KC& kt,
 }
 
 // Runs a packed tile over all rows of the state. valid_of(r) gives row r's valid column count.
-template <class KC, class ValidOf>
-inline void attend_tile(const float* qs, index_t d, const KC& kt, const float* vp,
+template <class KC, class VS, class ValidOf>
+inline void attend_tile(const float* qs, index_t d, const KC& kt, const VS& vp,
                         const softmax_state& st, ValidOf valid_of, float* s_scratch) {
   int valid[MR];
   int r0 = 0;
