@@ -237,6 +237,77 @@ TEST_CASE("vertical-slash budget search beyond the first ranked 4096", "[sparse]
   CHECK(static_cast<double>(sel.pairs()) > 0.9 * limit);  // not needlessly small
 }
 
+namespace {
+
+// MInference's convert_vertical_slash_indexes for one query block, as its kernel loops: one step
+// per kept column or offset (the reference for the library's range-stepping version).
+entry reference_convert(const std::vector<index_t>& v, const std::vector<index_t>& s,
+                        index_t start_m, index_t last) {
+  entry e;
+  const index_t end_m = start_m + 64, nv = static_cast<index_t>(v.size()),
+                ns = static_cast<index_t>(s.size());
+  index_t vi = 0, si = 0;
+  while (si < ns && s[static_cast<std::size_t>(si)] >= end_m) ++si;
+  if (si == ns) {
+    for (index_t c : v)
+      if (c <= last) e.columns.push_back(c);
+    return e;
+  }
+  index_t v_idx = vi < nv ? v[static_cast<std::size_t>(vi++)] : end_m + 64;
+  index_t s_idx = std::max<index_t>(end_m - s[static_cast<std::size_t>(si++)], 64);
+  index_t r_start = s_idx - 64, r_end = s_idx;
+  auto emit = [&] {
+    for (index_t x = r_start; x < r_end && x <= last; x += 64) e.blocks.push_back(x);
+  };
+  while (true) {
+    if (v_idx < r_end) {
+      if (v_idx < r_start) e.columns.push_back(v_idx);
+      v_idx = vi < nv ? v[static_cast<std::size_t>(vi++)] : end_m + 64;
+    } else {
+      if (si < ns) {
+        s_idx = std::max<index_t>(end_m - s[static_cast<std::size_t>(si++)], 64);
+      } else {
+        emit();
+        break;
+      }
+      if (s_idx > r_end + 64) {
+        emit();
+        r_start = s_idx - 64;
+        r_end = s_idx;
+      } else if (s_idx > r_end) {
+        r_end += 64;
+      }
+    }
+  }
+  return e;
+}
+
+}  // namespace
+
+TEST_CASE("index conversion equals MInference's per-offset loop", "[sparse][vertical_slash]") {
+  std::mt19937 rng(14);
+  for (int trial = 0; trial < 300; ++trial) {
+    const index_t nq = 1 + rng() % 900, off = trial % 4 == 0 ? rng() % 400 : 0, P = off + nq;
+    // Dense runs of offsets near the diagonal and scattered ones, as vertical-slash keeps.
+    const unsigned col_rate = 2 + rng() % 30, diag_rate = 2 + rng() % 30;
+    std::vector<index_t> v, s;
+    for (index_t j = 0; j < P; ++j) {
+      if (rng() % col_rate == 0) v.push_back(j);
+      if (j < 200 ? rng() % 3 != 0 : rng() % diag_rate == 0) s.push_back(j);
+    }
+    if (trial % 5 != 0) s.push_back(0);  // usually forced; sometimes not
+    std::sort(s.begin(), s.end(), std::greater<>());
+    s.erase(std::unique(s.begin(), s.end()), s.end());
+    prefill_selection sel(1, nq, P, off, 64);
+    policies::detail::vs_convert(v, s, sel, 0);
+    for (index_t m = 0; m < sel.q_blocks(); ++m) {
+      INFO("trial " << trial << " block " << m);
+      CHECK(sel.at(0, m) == reference_convert(v, s, sel.first_position(m), sel.last_position(m)));
+    }
+    CHECK(policies::detail::vs_pairs(v, s, sel) == sel.head_pairs(0));
+  }
+}
+
 TEST_CASE("pair counting: closed form, and the budget search's count without building",
           "[sparse][vertical_slash][selection]") {
   std::mt19937 rng(11);
@@ -269,8 +340,9 @@ TEST_CASE("pair counting: closed form, and the budget search's count without bui
   }
 }
 
-TEST_CASE("largest_fitting: within 1/64 of the largest fitting size, whatever it starts from",
-          "[sparse][vertical_slash]") {
+TEST_CASE(
+    "largest_fitting: within 1/64 of the largest fitting size, whatever it starts from or guesses",
+    "[sparse][vertical_slash]") {
   std::mt19937 rng(12);
   for (int trial = 0; trial < 3000; ++trial) {
     const index_t top = 1 + rng() % 5000, best = rng() % (top + 1);  // fits(x) iff x <= best
@@ -283,8 +355,48 @@ TEST_CASE("largest_fitting: within 1/64 of the largest fitting size, whatever it
     INFO("top=" << top << " best=" << best);
     CHECK(x <= best);
     CHECK(best - x <= std::max<index_t>(0, best / 64));
-    // Every power-of-two start <= 64 gives the same answer.
+    // Every power-of-two start <= 64 gives the same answer, and so does any guess.
     for (index_t first : {1, 2, 8, 32, 64})
       CHECK(policies::detail::largest_fitting(top, fits, first) == x);
+    for (int g = 0; g < 4; ++g) {
+      const index_t guess = g == 0 ? best : static_cast<index_t>(rng() % (2 * top + 2));
+      INFO("guess=" << guess);
+      CHECK(policies::detail::largest_fitting(top, fits, 64, guess) == x);
+    }
+  }
+}
+
+TEST_CASE("largest_within: the largest size whose pairs fit, within 1/64",
+          "[sparse][vertical_slash]") {
+  std::mt19937 rng(13);
+  for (int trial = 0; trial < 3000; ++trial) {
+    const index_t top = 1 + rng() % 6000;
+    // A non-decreasing pair count: linear, convex, or steps with plateaus.
+    std::vector<index_t> f(static_cast<std::size_t>(top + 1));
+    const int shape = trial % 3;
+    index_t acc = 1 + rng() % 1000;
+    for (index_t x = 0; x <= top; ++x) {
+      if (shape == 0) acc += 500;
+      if (shape == 1) acc += x;
+      if (shape == 2) acc += rng() % 4 == 0 ? rng() % 5000 : 0;
+      f[static_cast<std::size_t>(x)] = acc;
+    }
+    const index_t target =
+        f[0] + static_cast<index_t>(rng() % static_cast<unsigned>(f.back() - f[0] + 100));
+    index_t best = 0;  // the true largest fitting x
+    for (index_t x = 0; x <= top; ++x)
+      if (f[static_cast<std::size_t>(x)] <= target) best = x;
+    int calls = 0;
+    const index_t x = policies::detail::largest_within(top, target, f[0], [&](index_t y) {
+      ++calls;
+      REQUIRE(y >= 0);
+      REQUIRE(y <= top);
+      return f[static_cast<std::size_t>(y)];
+    });
+    INFO("trial " << trial << " top=" << top << " target=" << target << " best=" << best);
+    CHECK(f[static_cast<std::size_t>(x)] <= target);
+    CHECK(x <= best);
+    CHECK(best - x <= std::max<index_t>(0, x / 64));
+    if (shape == 0) CHECK(calls <= 4);  // linear counts: interpolation lands on the crossing
   }
 }

@@ -161,7 +161,14 @@ double vs_estimate(const tensor_view<const TQ>& q, const tensor_view<const TK>& 
     const f16* pt = pbuf.data() + tile * A * BC;
     const float* tm = tile_max.data() + tile * A;
     // Row weights 2^(tile max - final max) / sum; rows with nothing visible yet get 0 (skipped).
-    for (index_t i = 0; i < A; ++i) {
+    index_t i0 = 0;
+    for (; i0 + W <= A; i0 += W) {
+      const vfloat t = simd::load(tm + i0);
+      const vfloat e =
+          simd::exp2_neg(t - simd::load(mx.data() + i0)) * simd::load(inv_l.data() + i0);
+      simd::store(w.data() + i0, xsimd::select(t == vfloat(kernels::neg_inf), vfloat(0.0f), e));
+    }
+    for (index_t i = i0; i < A; ++i) {
       const auto ii = static_cast<std::size_t>(i);
       w[ii] = tm[i] == kernels::neg_inf ? 0.0f : std::exp2(tm[i] - mx[ii]) * inv_l[ii];
     }
@@ -189,50 +196,54 @@ double vs_estimate(const tensor_view<const TQ>& q, const tensor_view<const TK>& 
 
 // MInference's convert_vertical_slash_indexes for one 64-query block starting at start_m (last
 // visible key position `last`): `v` kept columns ascending, `s` kept offsets descending. Calls
-// block(x) for each key block [x, x + 64) and column(c) for each extra column, both ascending;
-// the blocks are disjoint and no column lies in one. The columns before the first block (all
-// before start_m) go to leading(count) instead: they are v[0 .. count).
-template <class Leading, class Block, class Column>
+// block(x) for each key block [x, x + 64), ascending, and columns(a, b) for runs v[a .. b) of
+// extra columns, ascending; the blocks are disjoint, no column lies in one, and every column is
+// before start_m (the last block always covers [start_m, end_m): offset 0 is forced).
+//
+// Same result as the reference's loop over every offset and column, in steps per range instead:
+// offsets whose 64-wide range ends inside the current range change nothing and are skipped by a
+// binary search, and the columns inside a range likewise (the budget search converts a head many
+// times, and a walk over every kept offset of every query block dominated it).
+template <class Block, class Columns>
 void vs_convert_block(const std::vector<index_t>& v, const std::vector<index_t>& s, index_t start_m,
-                      index_t last, Leading&& leading, Block&& block, Column&& column) {
-  const index_t nv = static_cast<index_t>(v.size()), ns = static_cast<index_t>(s.size());
+                      index_t last, Block&& block, Columns&& columns) {
+  const index_t ns = static_cast<index_t>(s.size());
   const index_t end_m = start_m + vs_block;
-  index_t vi = 0;
-  // Skip the offsets >= end_m (s is descending).
-  index_t si =
-      std::partition_point(s.begin(), s.end(), [&](index_t o) { return o >= end_m; }) - s.begin();
+  auto first_below = [&](index_t from,
+                         index_t bound) {  // first offset index >= from with o < bound
+    return std::partition_point(s.begin() + from, s.end(), [&](index_t o) { return o >= bound; }) -
+           s.begin();
+  };
+  auto v_from = [&](index_t from, index_t x) {  // first column index >= from with c >= x
+    return std::lower_bound(v.begin() + from, v.end(), x) - v.begin();
+  };
+  index_t si = first_below(0, end_m);  // offsets >= end_m do not reach this block
   if (si == ns) {  // no diagonal reaches this block (cannot happen: offset 0 is forced)
-    for (index_t c : v)
-      if (c <= last) column(c);
+    columns(0, std::upper_bound(v.begin(), v.end(), last) - v.begin());
     return;
   }
-  index_t s_idx = std::max<index_t>(end_m - s[static_cast<std::size_t>(si++)], vs_block);
-  index_t r_start = s_idx - vs_block, r_end = s_idx;
-  vi = std::lower_bound(v.begin(), v.end(), r_start) - v.begin();  // r_start <= start_m
-  leading(vi);
-  index_t v_idx = vi < nv ? v[static_cast<std::size_t>(vi++)] : end_m + vs_block;
-  auto emit = [&] {
-    for (index_t x = r_start; x < r_end && x <= last; x += vs_block) block(x);
-  };
+  index_t r_end = std::max<index_t>(end_m - s[static_cast<std::size_t>(si++)], vs_block);
+  index_t r_start = r_end - vs_block;
+  index_t vi = v_from(0, r_start);
+  columns(0, vi);
   while (true) {
-    if (v_idx < r_end) {
-      if (v_idx < r_start) column(v_idx);
-      v_idx = vi < nv ? v[static_cast<std::size_t>(vi++)] : end_m + vs_block;
-    } else {
-      if (si < ns) {
-        s_idx = std::max<index_t>(end_m - s[static_cast<std::size_t>(si++)], vs_block);
-      } else {
-        emit();
-        return;
-      }
-      if (s_idx > r_end + vs_block) {
-        emit();
-        r_start = s_idx - vs_block;
-        r_end = s_idx;
-      } else if (s_idx > r_end) {
-        r_end += vs_block;
-      }
+    // Offsets with end_m - o <= r_end end inside the range: skip them.
+    si = first_below(si, end_m - r_end);
+    const bool more = si < ns;
+    const index_t s_idx =
+        more ? std::max<index_t>(end_m - s[static_cast<std::size_t>(si++)], vs_block) : 0;
+    if (more && s_idx <= r_end + vs_block) {
+      r_end += vs_block;  // MInference extends by one block
+      continue;
     }
+    vi = v_from(vi, r_end);  // columns inside [r_start, r_end) are covered
+    for (index_t x = r_start; x < r_end && x <= last; x += vs_block) block(x);
+    if (!more) return;  // columns after the last range are past the block
+    r_start = s_idx - vs_block;
+    r_end = s_idx;
+    const index_t vj = v_from(vi, r_start);
+    columns(vi, vj);
+    vi = vj;
   }
 }
 
@@ -245,8 +256,10 @@ inline void vs_convert(const std::vector<index_t>& v, const std::vector<index_t>
     e.columns.clear();
     vs_convert_block(
         v, s, sel.first_position(m), sel.last_position(m),
-        [&](index_t count) { e.columns.assign(v.begin(), v.begin() + count); },
-        [&](index_t x) { e.blocks.push_back(x); }, [&](index_t c) { e.columns.push_back(c); });
+        [&](index_t x) { e.blocks.push_back(x); },
+        [&](index_t a, index_t b) {
+          e.columns.insert(e.columns.end(), v.begin() + a, v.begin() + b);
+        });
   }
 }
 
@@ -259,9 +272,17 @@ inline index_t vs_pairs(const std::vector<index_t>& v, const std::vector<index_t
     const index_t p0 = sel.first_position(m), p1 = sel.last_position(m);
     const index_t limit = std::min(sel.k_tokens, p1 + 1);
     vs_convert_block(
-        v, s, p0, p1, [&](index_t count) { total += count * (p1 - p0 + 1); },  // all before p0
+        v, s, p0, p1,
         [&](index_t x) { total += interval_pairs(x, std::min(x + vs_block, limit), p0, p1); },
-        [&](index_t c) { total += interval_pairs(c, std::min(c + 1, limit), p0, p1); });
+        [&](index_t a, index_t b) {
+          // All before p0 when offset 0 is kept (seen by every row); counted exactly otherwise.
+          const auto mid = std::lower_bound(v.begin() + a, v.begin() + b, p0) - v.begin();
+          total += (mid - a) * (p1 - p0 + 1);
+          for (auto i = mid; i < b; ++i) {
+            const index_t c = v[static_cast<std::size_t>(i)];
+            total += interval_pairs(c, std::min(c + 1, limit), p0, p1);
+          }
+        });
   }
   return total;
 }
@@ -416,16 +437,39 @@ inline std::vector<index_t> shared_cover_counts(const std::vector<const std::vec
 // The largest x in [0, top] with fits(x), within 1/64 of it, for fits monotone (true up to some
 // x) and fits(0) true: doubling from `first`, then bisection. Any power of two first <= 64 gives
 // the same x (below 64 the bisection runs to width 1, above it the brackets are the same powers
-// of two); a larger first saves the doubling steps below it.
+// of two). `guess` (an estimate of x, or 0) only saves steps: the doubling bracket is found from
+// the nearest power-of-two multiple of first, up or down, and is the same one.
 template <class Fits>
-index_t largest_fitting(index_t top, Fits fits, index_t first = 64) {
+index_t largest_fitting(index_t top, Fits fits, index_t first = 64, index_t guess = 0) {
   index_t lo = 0, hi = first;
-  while (hi < top && fits(hi)) {
-    lo = hi;
-    hi *= 2;
+  bool hi_fails = false;  // hi is known not to fit
+  if (guess > first) {
+    index_t g = first;
+    while (g * 2 <= guess && g * 2 < top) g *= 2;
+    if (g < top) {
+      if (fits(g)) {
+        lo = g;
+        hi = 2 * g;
+      } else {
+        hi = g;
+        hi_fails = true;
+        for (; hi > first; hi /= 2) {
+          if (fits(hi / 2)) {
+            lo = hi / 2;
+            break;
+          }
+        }
+      }
+    }
   }
-  hi = std::min(hi, top);
-  if (hi == top && fits(top)) lo = top;
+  if (!hi_fails) {
+    while (hi < top && fits(hi)) {
+      lo = hi;
+      hi *= 2;
+    }
+    hi = std::min(hi, top);
+    if (hi == top && fits(top)) lo = top;
+  }
   while (hi - lo > std::max<index_t>(1, lo / 64)) {
     const index_t mid = lo + (hi - lo) / 2;
     if (fits(mid))
@@ -434,6 +478,57 @@ index_t largest_fitting(index_t top, Fits fits, index_t first = 64) {
       hi = mid;
   }
   return lo;
+}
+
+// The largest x in [0, top] with pairs(x) <= target, within 1/64 of it (pairs non-decreasing in
+// x, pairs(0) = least <= target). Pair counts grow about linearly in x, so a line through the
+// known counts lands near the crossing: each guess aims half a tolerance below it and then probes
+// one tolerance up, which usually closes the bracket in 3-5 evaluations (doubling and bisection
+// take ~12; each evaluation converts a whole head, and large x cost the most, so the search never
+// starts at top). After a few rounds it doubles / bisects, keeping the worst case logarithmic.
+template <class Pairs>
+index_t largest_within(index_t top, index_t target, index_t least, Pairs pairs) {
+  auto tol = [](index_t x) { return std::max<index_t>(1, x / 64); };
+  index_t lo = 0, plo = least;
+  index_t hi = top + 1, phi = 0;  // hi: the smallest x known not to fit (top + 1: none yet)
+  for (int round = 0; hi - lo > tol(lo); ++round) {
+    index_t x;
+    if (hi > top) {  // no upper end yet: extrapolate from (0, least) through (lo, plo)
+      if (round >= 4) {
+        x = std::max<index_t>(2 * lo, 64);
+      } else if (lo > 0 && plo > least) {
+        x = static_cast<index_t>(static_cast<double>(lo) * static_cast<double>(target - least) /
+                                 static_cast<double>(plo - least));
+      } else {  // forced parts ~ x = 64
+        x = 64 * std::max<index_t>(1, target / std::max<index_t>(1, least));
+      }
+    } else if (round < 6 && phi > plo) {
+      const double t = static_cast<double>(target - plo) / static_cast<double>(phi - plo);
+      x = lo + static_cast<index_t>(t * static_cast<double>(hi - lo));
+    } else {
+      x = lo + (hi - lo) / 2;
+    }
+    x = std::clamp(x - tol(x) / 2, lo + 1, std::min(hi - 1, top));
+    const index_t px = pairs(x);
+    if (px > target) {
+      hi = x;
+      phi = px;
+      continue;
+    }
+    lo = x;
+    plo = px;
+    const index_t y = lo + tol(lo);  // closes the bracket if it does not fit
+    if (y >= hi || y > top) continue;
+    const index_t py = pairs(y);
+    if (py > target) {
+      hi = y;
+      phi = py;
+    } else {
+      lo = y;
+      plo = py;
+    }
+  }
+  return std::min(lo, top);
 }
 
 // The shared vertical-slash selection; `cfg` says how sizes are chosen. `target` (pairs per head,
@@ -523,7 +618,7 @@ inline prefill_selection vs_select(const prefill_inputs& in, const vs_config& cf
               too_small(least, spattn::detail::concat("for head ", h).c_str()),
               spattn::detail::concat(target, " pairs per head"));
       const index_t top = std::max(e.nv, e.ns);
-      const index_t lo = largest_fitting(top, [&](index_t x) { return pairs_at(x) <= target; });
+      const index_t lo = largest_within(top, target, least, pairs_at);
       pairs_at(lo, true);
     });
     return sel;
