@@ -23,6 +23,19 @@ inline std::vector<index_t> selected_keys(const prefill_selection& sel, index_t 
   return {keys.begin(), keys.end()};
 }
 
+// Adds each key 0..last that e's blocks (sorted, disjoint, block_k wide) do not cover as an extra
+// column with probability p_col.
+inline void add_random_columns(prefill_selection::entry& e, index_t last, index_t block_k,
+                               double p_col, std::mt19937_64& rng) {
+  std::uniform_real_distribution<double> u(0, 1);
+  std::size_t bi = 0;
+  for (index_t c = 0; c <= last; ++c) {
+    while (bi < e.blocks.size() && e.blocks[bi] + block_k <= c) ++bi;
+    const bool covered = bi < e.blocks.size() && e.blocks[bi] <= c;
+    if (!covered && u(rng) < p_col) e.columns.push_back(c);
+  }
+}
+
 // A random valid selection: blocks of block_k at random (unaligned) starts, and random columns.
 inline prefill_selection random_selection(index_t heads, index_t nq, index_t nk, index_t offset,
                                           index_t d, index_t block_q, index_t block_k,
@@ -44,12 +57,7 @@ inline prefill_selection random_selection(index_t heads, index_t nq, index_t nk,
           s += 1 + static_cast<index_t>(u(rng) * static_cast<double>(block_k));
         }
       }
-      std::size_t bi = 0;
-      for (index_t c = 0; c <= last; ++c) {
-        while (bi < e.blocks.size() && e.blocks[bi] + block_k <= c) ++bi;
-        const bool covered = bi < e.blocks.size() && e.blocks[bi] <= c;
-        if (!covered && u(rng) < p_col) e.columns.push_back(c);
-      }
+      add_random_columns(e, last, block_k, p_col, rng);
     }
   }
   return sel;

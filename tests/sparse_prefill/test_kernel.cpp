@@ -96,11 +96,7 @@ prefill_selection aligned_selection(index_t heads, index_t nq, index_t nk, index
       const index_t last = sel.last_position(b);
       for (index_t s = 0; s <= last; s += block_k)
         if (u(rng) < 0.4 || s + block_k > last - block_k) e.blocks.push_back(s);  // + local
-      for (index_t c = 0; c <= last; ++c) {
-        const bool covered = std::any_of(e.blocks.begin(), e.blocks.end(),
-                                         [&](index_t x) { return x <= c && c < x + block_k; });
-        if (!covered && u(rng) < p_col) e.columns.push_back(c);
-      }
+      add_random_columns(e, last, block_k, p_col, rng);
     }
   }
   return sel;

@@ -340,9 +340,8 @@ TEST_CASE("pair counting: closed form, and the budget search's count without bui
   }
 }
 
-TEST_CASE(
-    "largest_fitting: within 1/64 of the largest fitting size, whatever it starts from or guesses",
-    "[sparse][vertical_slash]") {
+TEST_CASE("largest_fitting: within 1/64 of the largest fitting size, whatever it starts from",
+          "[sparse][vertical_slash]") {
   std::mt19937 rng(12);
   for (int trial = 0; trial < 3000; ++trial) {
     const index_t top = 1 + rng() % 5000, best = rng() % (top + 1);  // fits(x) iff x <= best
@@ -355,14 +354,9 @@ TEST_CASE(
     INFO("top=" << top << " best=" << best);
     CHECK(x <= best);
     CHECK(best - x <= std::max<index_t>(0, best / 64));
-    // Every power-of-two start <= 64 gives the same answer, and so does any guess.
+    // Every power-of-two start <= 64 gives the same answer.
     for (index_t first : {1, 2, 8, 32, 64})
       CHECK(policies::detail::largest_fitting(top, fits, first) == x);
-    for (int g = 0; g < 4; ++g) {
-      const index_t guess = g == 0 ? best : static_cast<index_t>(rng() % (2 * top + 2));
-      INFO("guess=" << guess);
-      CHECK(policies::detail::largest_fitting(top, fits, 64, guess) == x);
-    }
   }
 }
 

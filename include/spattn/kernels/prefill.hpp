@@ -76,12 +76,13 @@ void run_prefill_item(const prefill_item& it, const sequence_span& sp,
                    sc.vp.data());
     const bool masked = (causal && k0 + n - 1 > first_pos) || n < BC;
     const k_columns kc = packed_columns(sc.kt.data());
+    const v_packed vs{sc.vp.data(), dpad};
     if (!masked) {
       attend_tile(
-          sc.qs.data(), d, kc, sc.vp.data(), st, [](int) { return BC; }, sc.s.data());
+          sc.qs.data(), d, kc, vs, st, [](int) { return BC; }, sc.s.data());
     } else {
       attend_tile(
-          sc.qs.data(), d, kc, sc.vp.data(), st,
+          sc.qs.data(), d, kc, vs, st,
           [&](int r) {
             if (!causal) return n;
             const index_t pos = first_pos + r % bq;

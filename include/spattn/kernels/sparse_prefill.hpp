@@ -343,7 +343,7 @@ void run_sparse_item(const sparse_item& it, const prefill_selection& sel, const 
         }
         pack_rows<TKV>([&](int j) { return v.row(cols[j], it.kv_head); }, n, d, dpad, 1.0f,
                        sc.vp.data());
-        attend_groups(kc, static_cast<const float*>(sc.vp.data()));
+        attend_groups(kc, v_packed{sc.vp.data(), dpad});
       };
       if (panels != nullptr && aligned_runs(cols, n)) {
         attend_with_v(panels->of(cols, n));

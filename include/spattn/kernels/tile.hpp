@@ -129,13 +129,25 @@ inline void pack_k_transposed(RowPtr row_ptr, int n, index_t d, float* kt) {
 // is at[v][x * BC + i]. A packed tile (pack_k_transposed) has at[v] = kt + v * W; a tile gathered
 // from whole-sequence panels (kernels/sparse_prefill.hpp) points each vector at its keys' panel.
 struct k_columns {
+  static constexpr int dims = 1;  // dimensions per stored row
   const float* at[BC / W];
+  // Vector v of dimension x (x + half, half < dims).
+  vfloat load(int v, index_t x, int) const { return simd::load(at[v] + x * BC); }
 };
 
 // The same for bf16 keys packed as transposed dimension pairs (pack_k_pairs_transposed): the
-// 32-bit word (K[j][2 x2], K[j][2 x2 + 1]) of column j = v * W + i is at[v][x2 * BC + i].
+// 32-bit word (K[j][2 x2], K[j][2 x2 + 1]) of column j = v * W + i is at[v][x2 * BC + i]. A
+// word's low half is dimension 2 x2 (<< 16 makes it fp32), its high half dimension 2 x2 + 1
+// (masking the low half does): the same fp32 values as unpacked keys, so the same scores.
 struct k_pair_columns {
+  static constexpr int dims = 2;
   const std::uint32_t* at[BC / W];
+  vfloat load(int v, index_t x, int half) const {
+    const auto w =
+        simd::vint::load_unaligned(reinterpret_cast<const std::int32_t*>(at[v]) + x / 2 * BC);
+    return xsimd::bitwise_cast<vfloat>(
+        half == 0 ? w << 16 : w & simd::vint(static_cast<std::int32_t>(0xFFFF0000u)));
+  }
 };
 
 inline k_columns packed_columns(const float* kt) {
@@ -144,53 +156,21 @@ inline k_columns packed_columns(const float* kt) {
   return c;
 }
 
-// S[R][BC] (columns col0 .. col0 + NV*W) = Q[R][d] . K^T.
-template <int R, int NV>
-inline void qk_panel(const float* q, index_t ldq, const k_columns& kc, index_t d, float* s,
-                     int col0) {
+// S[R][BC] (columns col0 .. col0 + NV*W) = Q[R][d] . K^T, K^T from a k_columns or
+// k_pair_columns (d a multiple of its dims). FMAs run in dimension order either way.
+template <int R, int NV, class KC>
+inline void qk_panel(const float* q, index_t ldq, const KC& kc, index_t d, float* s, int col0) {
   vfloat acc[R][NV];
   for (int r = 0; r < R; ++r)
     for (int v = 0; v < NV; ++v) acc[r][v] = vfloat(0.0f);
-  const float* kp[NV];
-  for (int v = 0; v < NV; ++v) kp[v] = kc.at[col0 / W + v];
-  for (index_t x = 0, off = 0; x < d; ++x, off += BC) {
-    vfloat b[NV];
-    for (int v = 0; v < NV; ++v) b[v] = simd::load(kp[v] + off);
-    for (int r = 0; r < R; ++r) {
-      const vfloat a(q[r * ldq + x]);
-      for (int v = 0; v < NV; ++v) acc[r][v] = xsimd::fma(a, b[v], acc[r][v]);
-    }
-  }
-  for (int r = 0; r < R; ++r)
-    for (int v = 0; v < NV; ++v) simd::store(s + r * BC + col0 + v * W, acc[r][v]);
-}
-
-// The same over bf16 pair columns (d even): a word's low half is dimension 2 x2 (<< 16 makes it
-// fp32), its high half dimension 2 x2 + 1 (masking the low half does). The FMAs run in the same
-// order on the same fp32 values as the fp32 version, so the scores are bit-identical.
-template <int R, int NV>
-inline void qk_panel(const float* q, index_t ldq, const k_pair_columns& kc, index_t d, float* s,
-                     int col0) {
-  using simd::vint;
-  vfloat acc[R][NV];
-  for (int r = 0; r < R; ++r)
-    for (int v = 0; v < NV; ++v) acc[r][v] = vfloat(0.0f);
-  const std::int32_t* kp[NV];
-  for (int v = 0; v < NV; ++v) kp[v] = reinterpret_cast<const std::int32_t*>(kc.at[col0 / W + v]);
-  const vint high(static_cast<std::int32_t>(0xFFFF0000u));
-  for (index_t x2 = 0, off = 0; x2 < d / 2; ++x2, off += BC) {
-    vfloat b[NV];
-    for (int v = 0; v < NV; ++v)
-      b[v] = xsimd::bitwise_cast<vfloat>(vint::load_unaligned(kp[v] + off) << 16);
-    for (int r = 0; r < R; ++r) {
-      const vfloat a(q[r * ldq + 2 * x2]);
-      for (int v = 0; v < NV; ++v) acc[r][v] = xsimd::fma(a, b[v], acc[r][v]);
-    }
-    for (int v = 0; v < NV; ++v)
-      b[v] = xsimd::bitwise_cast<vfloat>(vint::load_unaligned(kp[v] + off) & high);
-    for (int r = 0; r < R; ++r) {
-      const vfloat a(q[r * ldq + 2 * x2 + 1]);
-      for (int v = 0; v < NV; ++v) acc[r][v] = xsimd::fma(a, b[v], acc[r][v]);
+  for (index_t x = 0; x < d; x += KC::dims) {
+    for (int h = 0; h < KC::dims; ++h) {
+      vfloat b[NV];
+      for (int v = 0; v < NV; ++v) b[v] = kc.load(col0 / W + v, x, h);
+      for (int r = 0; r < R; ++r) {
+        const vfloat a(q[r * ldq + x + h]);
+        for (int v = 0; v < NV; ++v) acc[r][v] = xsimd::fma(a, b[v], acc[r][v]);
+      }
     }
   }
   for (int r = 0; r < R; ++r)
@@ -248,73 +228,51 @@ inline void qk_panel_bf16(const std::uint32_t* q, index_t ldq, const std::uint32
 inline constexpr bool has_bf16_dot = false;
 #endif
 
-// O[R][d0 .. d0 + NV*W] += P[R][0..ncols) . V[0..ncols)[...].
-template <int R, int NV>
-inline void pv_panel(const float* p, int ncols, const float* vp, index_t dpad, float* o,
-                     index_t d0) {
-  vfloat acc[R][NV];
-  for (int r = 0; r < R; ++r)
-    for (int v = 0; v < NV; ++v) acc[r][v] = simd::load(o + r * dpad + d0 + v * W);
-  const float* vrow = vp + d0;
-  for (int j = 0; j < ncols; ++j, vrow += dpad) {
-    vfloat b[NV];
-    for (int v = 0; v < NV; ++v) b[v] = simd::load(vrow + v * W);
-    for (int r = 0; r < R; ++r) {
-      const vfloat a(p[r * BC + j]);
-      for (int v = 0; v < NV; ++v) acc[r][v] = xsimd::fma(a, b[v], acc[r][v]);
-    }
+// Where the V rows of a tile are. Packed per tile: fp32 rows `dpad` apart (v_packed). Read in
+// place: fp32 rows (v_rows, d a multiple of W), or bf16 rows as 32-bit words (v_pair_rows, d a
+// multiple of 2 W), whose low halves are the even dimensions and high halves the odd ones. The
+// pair form accumulates O in pair layout: in each block of 2 W dimensions, the W even ones
+// first, then the W odd ones (unpermute_pairs restores the order).
+struct v_packed {
+  const float* vp;
+  index_t dpad;
+  template <int NV>
+  void load(int j, index_t d0, vfloat* b) const {
+    const float* row = vp + j * dpad + d0;
+    for (int v = 0; v < NV; ++v) b[v] = simd::load(row + v * W);
   }
-  for (int r = 0; r < R; ++r)
-    for (int v = 0; v < NV; ++v) simd::store(o + r * dpad + d0 + v * W, acc[r][v]);
-}
-
-// V rows read in place instead of packed per tile: fp32 rows (d a multiple of W), or bf16 rows
-// as 32-bit words (d a multiple of 2 W), whose low halves are the even dimensions and high halves
-// the odd ones. The pair form accumulates O in pair layout: in each block of 2 W dimensions, the W
-// even ones first, then the W odd ones (unpermute_pairs restores the order).
+};
 struct v_rows {
   const float* row[BC];
+  template <int NV>
+  void load(int j, index_t d0, vfloat* b) const {
+    for (int v = 0; v < NV; ++v) b[v] = simd::load(row[j] + d0 + v * W);
+  }
 };
 struct v_pair_rows {
   const std::uint32_t* row[BC];
-};
-
-template <int R, int NV>
-inline void pv_panel(const float* p, int ncols, const v_rows& vr, index_t dpad, float* o,
-                     index_t d0) {
-  vfloat acc[R][NV];
-  for (int r = 0; r < R; ++r)
-    for (int v = 0; v < NV; ++v) acc[r][v] = simd::load(o + r * dpad + d0 + v * W);
-  for (int j = 0; j < ncols; ++j) {
-    const float* vrow = vr.row[j] + d0;
-    vfloat b[NV];
-    for (int v = 0; v < NV; ++v) b[v] = simd::load(vrow + v * W);
-    for (int r = 0; r < R; ++r) {
-      const vfloat a(p[r * BC + j]);
-      for (int v = 0; v < NV; ++v) acc[r][v] = xsimd::fma(a, b[v], acc[r][v]);
+  template <int NV>
+  void load(int j, index_t d0, vfloat* b) const {
+    static_assert(NV % 2 == 0, "pairs come as even / odd vector pairs");
+    const auto* words = reinterpret_cast<const std::int32_t*>(row[j]) + d0 / 2;
+    for (int v = 0; v < NV; v += 2) {
+      const auto w = simd::vint::load_unaligned(words + v / 2 * W);
+      b[v] = xsimd::bitwise_cast<vfloat>(w << 16);
+      b[v + 1] =
+          xsimd::bitwise_cast<vfloat>(w & simd::vint(static_cast<std::int32_t>(0xFFFF0000u)));
     }
   }
-  for (int r = 0; r < R; ++r)
-    for (int v = 0; v < NV; ++v) simd::store(o + r * dpad + d0 + v * W, acc[r][v]);
-}
+};
 
-template <int R, int NV>
-inline void pv_panel(const float* p, int ncols, const v_pair_rows& vr, index_t dpad, float* o,
-                     index_t d0) {
-  static_assert(NV % 2 == 0, "pairs come as even / odd vector pairs");
-  using simd::vint;
-  const vint high(static_cast<std::int32_t>(0xFFFF0000u));
+// O[R][d0 .. d0 + NV*W] += P[R][0..ncols) . V[0..ncols)[...].
+template <int R, int NV, class VS>
+inline void pv_panel(const float* p, int ncols, const VS& vs, index_t dpad, float* o, index_t d0) {
   vfloat acc[R][NV];
   for (int r = 0; r < R; ++r)
     for (int v = 0; v < NV; ++v) acc[r][v] = simd::load(o + r * dpad + d0 + v * W);
   for (int j = 0; j < ncols; ++j) {
-    const auto* words = reinterpret_cast<const std::int32_t*>(vr.row[j]) + d0 / 2;
     vfloat b[NV];
-    for (int v = 0; v < NV; v += 2) {
-      const vint w = vint::load_unaligned(words + v / 2 * W);
-      b[v] = xsimd::bitwise_cast<vfloat>(w << 16);
-      b[v + 1] = xsimd::bitwise_cast<vfloat>(w & high);
-    }
+    vs.template load<NV>(j, d0, b);
     for (int r = 0; r < R; ++r) {
       const vfloat a(p[r * BC + j]);
       for (int v = 0; v < NV; ++v) acc[r][v] = xsimd::fma(a, b[v], acc[r][v]);

@@ -437,39 +437,16 @@ inline std::vector<index_t> shared_cover_counts(const std::vector<const std::vec
 // The largest x in [0, top] with fits(x), within 1/64 of it, for fits monotone (true up to some
 // x) and fits(0) true: doubling from `first`, then bisection. Any power of two first <= 64 gives
 // the same x (below 64 the bisection runs to width 1, above it the brackets are the same powers
-// of two). `guess` (an estimate of x, or 0) only saves steps: the doubling bracket is found from
-// the nearest power-of-two multiple of first, up or down, and is the same one.
+// of two); 64 saves the doubling steps below it.
 template <class Fits>
-index_t largest_fitting(index_t top, Fits fits, index_t first = 64, index_t guess = 0) {
+index_t largest_fitting(index_t top, Fits fits, index_t first = 64) {
   index_t lo = 0, hi = first;
-  bool hi_fails = false;  // hi is known not to fit
-  if (guess > first) {
-    index_t g = first;
-    while (g * 2 <= guess && g * 2 < top) g *= 2;
-    if (g < top) {
-      if (fits(g)) {
-        lo = g;
-        hi = 2 * g;
-      } else {
-        hi = g;
-        hi_fails = true;
-        for (; hi > first; hi /= 2) {
-          if (fits(hi / 2)) {
-            lo = hi / 2;
-            break;
-          }
-        }
-      }
-    }
+  while (hi < top && fits(hi)) {
+    lo = hi;
+    hi *= 2;
   }
-  if (!hi_fails) {
-    while (hi < top && fits(hi)) {
-      lo = hi;
-      hi *= 2;
-    }
-    hi = std::min(hi, top);
-    if (hi == top && fits(top)) lo = top;
-  }
+  hi = std::min(hi, top);
+  if (hi == top && fits(top)) lo = top;
   while (hi - lo > std::max<index_t>(1, lo / 64)) {
     const index_t mid = lo + (hi - lo) / 2;
     if (fits(mid))
