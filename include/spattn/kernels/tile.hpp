@@ -21,9 +21,13 @@ using simd::vfloat;
 using simd::W;
 
 inline constexpr int BC = 64;               // keys per tile
-inline constexpr int MR = W == 16 ? 6 : 3;  // query rows per register panel
-inline constexpr int QK_NV = 4;             // vectors per column chunk in S = Q.K^T
-inline constexpr int PV_NV = 4;             // vectors per head_dim chunk in O += P.V
+// Register panels: MR rows x NV vectors of accumulators, plus NV operand vectors and a broadcast,
+// must fit the register file: 6 x 4 + 4 + 1 of 32 under AVX-512, 6 x 2 + 2 + 1 of 16 under AVX2
+// (3 x 4 there left the operands as memory operands of every FMA: 15 loads per 12 FMAs, and ran
+// the fp32 tile at ~47% of one core's FMA peak).
+inline constexpr int MR = 6;                // query rows per register panel
+inline constexpr int QK_NV = W == 16 ? 4 : 2;  // vectors per column chunk in S = Q.K^T
+inline constexpr int PV_NV = W == 16 ? 4 : 2;  // vectors per head_dim chunk in O += P.V
 inline constexpr float neg_inf = -std::numeric_limits<float>::infinity();
 inline constexpr float log2e = 1.4426950408889634f;
 inline constexpr float ln2 = 0.6931471805599453f;
@@ -156,6 +160,14 @@ inline k_columns packed_columns(const float* kt) {
   return c;
 }
 
+// An FMA operand reused by a panel's rows: held in a register under AVX2 (one load feeds R FMAs;
+// GCC otherwise folds the load into every FMA and the panel becomes load-port bound). Under
+// AVX-512 the compiler's choice is kept.
+inline vfloat operand(vfloat v) {
+  if constexpr (W == 8) return simd::pin(v);
+  return v;
+}
+
 // S[R][BC] (columns col0 .. col0 + NV*W) = Q[R][d] . K^T, K^T from a k_columns or
 // k_pair_columns (d a multiple of its dims). FMAs run in dimension order either way.
 template <int R, int NV, class KC>
@@ -166,7 +178,7 @@ inline void qk_panel(const float* q, index_t ldq, const KC& kc, index_t d, float
   for (index_t x = 0; x < d; x += KC::dims) {
     for (int h = 0; h < KC::dims; ++h) {
       vfloat b[NV];
-      for (int v = 0; v < NV; ++v) b[v] = kc.load(col0 / W + v, x, h);
+      for (int v = 0; v < NV; ++v) b[v] = operand(kc.load(col0 / W + v, x, h));
       for (int r = 0; r < R; ++r) {
         const vfloat a(q[r * ldq + x + h]);
         for (int v = 0; v < NV; ++v) acc[r][v] = xsimd::fma(a, b[v], acc[r][v]);
@@ -273,6 +285,7 @@ inline void pv_panel(const float* p, int ncols, const VS& vs, index_t dpad, floa
   for (int j = 0; j < ncols; ++j) {
     vfloat b[NV];
     vs.template load<NV>(j, d0, b);
+    for (int v = 0; v < NV; ++v) b[v] = operand(b[v]);
     for (int r = 0; r < R; ++r) {
       const vfloat a(p[r * BC + j]);
       for (int v = 0; v < NV; ++v) acc[r][v] = xsimd::fma(a, b[v], acc[r][v]);
