@@ -20,12 +20,12 @@ namespace spattn::kernels {
 using simd::vfloat;
 using simd::W;
 
-inline constexpr int BC = 64;               // keys per tile
+inline constexpr int BC = 64;  // keys per tile
 // Register panels: MR rows x NV vectors of accumulators, plus NV operand vectors and a broadcast,
 // must fit the register file: 6 x 4 + 4 + 1 of 32 under AVX-512, 6 x 2 + 2 + 1 of 16 under AVX2
 // (3 x 4 there left the operands as memory operands of every FMA: 15 loads per 12 FMAs, and ran
 // the fp32 tile at ~47% of one core's FMA peak).
-inline constexpr int MR = 6;                // query rows per register panel
+inline constexpr int MR = 6;                   // query rows per register panel
 inline constexpr int QK_NV = W == 16 ? 4 : 2;  // vectors per column chunk in S = Q.K^T
 inline constexpr int PV_NV = W == 16 ? 4 : 2;  // vectors per head_dim chunk in O += P.V
 inline constexpr float neg_inf = -std::numeric_limits<float>::infinity();
