@@ -147,8 +147,12 @@ struct k_pair_columns {
   static constexpr int dims = 2;
   const std::uint32_t* at[BC / W];
   vfloat load(int v, index_t x, int half) const {
-    const auto w =
-        simd::vint::load_unaligned(reinterpret_cast<const std::int32_t*>(at[v]) + x / 2 * BC);
+    const auto* p = reinterpret_cast<const std::int32_t*>(at[v]) + x / 2 * BC;
+    // AVX2: load the words again for the odd half (an L1 hit) instead of keeping them live next
+    // to the panel's 12 accumulators and operands; kept live, one accumulator went to the stack.
+    if constexpr (W == 8)
+      if (half != 0) asm("" : "+r"(p));
+    const auto w = simd::vint::load_unaligned(p);
     return xsimd::bitwise_cast<vfloat>(
         half == 0 ? w << 16 : w & simd::vint(static_cast<std::int32_t>(0xFFFF0000u)));
   }
