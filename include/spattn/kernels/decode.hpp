@@ -46,62 +46,89 @@ inline void touch_lines(const char* lo, const char* hi) {
   (void)acc;
 }
 
+// Scores of RP rows against JK keys of a W-key group, at positions jj.. of the group, into
+// t[r][jj + u] (unreduced: a vector of partial sums per score). Each q load feeds JK FMAs.
+template <int RP, int JK, bool PREFETCH, class T, class KeyPtr, class ValPtr>
+inline void decode_qk_step(const float* q, index_t dpad, index_t d, KeyPtr key, ValPtr val,
+                           index_t b0, int nb, index_t avail, bool prefetch_v, int jg, int jj,
+                           float (*t)[W][W]) {
+  const index_t row_bytes = d * static_cast<index_t>(sizeof(T));
+  const index_t dfull = d / W * W;
+  const T* kr[JK];
+  for (int u = 0; u < JK; ++u) {
+    // Keys past the block reuse its last key: their scores are masked later.
+    const index_t kt_idx = b0 + std::min(jg + jj + u, nb - 1);
+    kr[u] = key(kt_idx);
+    if (PREFETCH && jg + jj + u < nb) {
+      // Far: this head's next block into L2 (the other heads' blocks come between).
+      // Near: K a few keys ahead, and V for the P.V pass right after, into L1.
+      if (kt_idx - b0 + BC < avail) {
+        prefetch_row_l2(key(kt_idx + BC), row_bytes);
+        if (prefetch_v) prefetch_row_l2(val(kt_idx + BC), row_bytes);
+      }
+      if (kt_idx - b0 + decode_prefetch_keys < avail) {
+        prefetch_row(key(kt_idx + decode_prefetch_keys), row_bytes);
+      }
+      if (prefetch_v) prefetch_row(val(kt_idx), row_bytes);
+    }
+  }
+  vfloat acc[RP][JK];
+  for (int r = 0; r < RP; ++r)
+    for (int u = 0; u < JK; ++u) acc[r][u] = vfloat(0.0f);
+  for (index_t x = 0; x < dfull; x += W) {
+    vfloat kv[JK];
+    for (int u = 0; u < JK; ++u) kv[u] = simd::load_f32(kr[u] + x);
+    for (int r = 0; r < RP; ++r) {
+      const vfloat qv = simd::pin(simd::load(q + r * dpad + x));  // one load, JK FMAs
+      for (int u = 0; u < JK; ++u) acc[r][u] = xsimd::fma(qv, kv[u], acc[r][u]);
+    }
+  }
+  if (dfull < d) {  // head_dim tail (not a multiple of W)
+    vfloat kv[JK];
+    for (int u = 0; u < JK; ++u) kv[u] = load_f32_n(kr[u] + dfull, d - dfull);
+    for (int r = 0; r < RP; ++r) {
+      const vfloat qv = simd::load(q + r * dpad + dfull);
+      for (int u = 0; u < JK; ++u) acc[r][u] = xsimd::fma(qv, kv[u], acc[r][u]);
+    }
+  }
+  for (int r = 0; r < RP; ++r)
+    for (int u = 0; u < JK; ++u) simd::store(t[r][jj + u], acc[r][u]);
+}
+
+// How the W keys of a group are split into decode_qk_step calls for an RP-row panel: step S
+// covers keys [qk_step_first, + qk_step_keys). L1 delivers about one vector load per cycle on
+// Zen 3 (measured), so under AVX2 a 4-row panel takes 3 keys per q load (12 sums, 3 keys and 1 q
+// row: all 16 registers) where 2 keys left the FMAs waiting on q loads (f16 in L3: ~+10%).
+template <int RP>
+inline constexpr bool qk_three_keys = W == 8 && RP == 4;
+template <int RP>
+inline constexpr int qk_steps = qk_three_keys<RP> ? 3 : W / (W == 16 ? 4 : 2);
+template <int RP, int S>
+inline constexpr int qk_step_keys = qk_three_keys<RP> ? (S < 2 ? 3 : 2) : (W == 16 ? 4 : 2);
+template <int RP, int S>
+inline constexpr int qk_step_first = qk_three_keys<RP> ? 3 * S : S*(W == 16 ? 4 : 2);
+
+// Calls f(integral_constant<int, S>) for S = 0 .. N-1.
+template <int N, class F>
+inline void for_steps(F&& f) {
+  [&]<int... S>(std::integer_sequence<int, S...>) {
+    (f(std::integral_constant<int, S>{}), ...);
+  }
+  (std::make_integer_sequence<int, N>{});
+}
+
 // Scores of RP rows against nb keys: s[r][j] = q_r . k_j (q pre-scaled). Keys up to `avail`
 // after b0 exist (for prefetching K ahead); when `val` rows are given they are prefetched too,
 // for the P.V pass that follows.
-// Keys scored together: each q load then feeds JK FMAs (fewer loads per FMA).
-inline constexpr int decode_qk_keys = W == 16 ? 4 : 2;
-
 template <int RP, bool PREFETCH, class T, class KeyPtr, class ValPtr>
 inline void decode_qk(const float* q, index_t dpad, index_t d, KeyPtr key, ValPtr val, index_t b0,
                       int nb, index_t avail, bool prefetch_v, float* s) {
-  constexpr int JK = decode_qk_keys;
-  static_assert(W % JK == 0);
-  const index_t row_bytes = d * static_cast<index_t>(sizeof(T));
-  const index_t dfull = d / W * W;
   alignas(64) float t[RP][W][W];
   for (int jg = 0; jg < nb; jg += W) {
-    for (int jj = 0; jj < W; jj += JK) {
-      const T* kr[JK];
-      for (int u = 0; u < JK; ++u) {
-        // Keys past the block reuse its last key: their scores are masked later.
-        const index_t kt_idx = b0 + std::min(jg + jj + u, nb - 1);
-        kr[u] = key(kt_idx);
-        if (PREFETCH && jg + jj + u < nb) {
-          // Far: this head's next block into L2 (the other heads' blocks come between).
-          // Near: K a few keys ahead, and V for the P.V pass right after, into L1.
-          if (kt_idx - b0 + BC < avail) {
-            prefetch_row_l2(key(kt_idx + BC), row_bytes);
-            if (prefetch_v) prefetch_row_l2(val(kt_idx + BC), row_bytes);
-          }
-          if (kt_idx - b0 + decode_prefetch_keys < avail) {
-            prefetch_row(key(kt_idx + decode_prefetch_keys), row_bytes);
-          }
-          if (prefetch_v) prefetch_row(val(kt_idx), row_bytes);
-        }
-      }
-      vfloat acc[RP][JK];
-      for (int r = 0; r < RP; ++r)
-        for (int u = 0; u < JK; ++u) acc[r][u] = vfloat(0.0f);
-      for (index_t x = 0; x < dfull; x += W) {
-        vfloat kv[JK];
-        for (int u = 0; u < JK; ++u) kv[u] = simd::load_f32(kr[u] + x);
-        for (int r = 0; r < RP; ++r) {
-          const vfloat qv = simd::pin(simd::load(q + r * dpad + x));  // one load, JK FMAs
-          for (int u = 0; u < JK; ++u) acc[r][u] = xsimd::fma(qv, kv[u], acc[r][u]);
-        }
-      }
-      if (dfull < d) {  // head_dim tail (not a multiple of W)
-        vfloat kv[JK];
-        for (int u = 0; u < JK; ++u) kv[u] = load_f32_n(kr[u] + dfull, d - dfull);
-        for (int r = 0; r < RP; ++r) {
-          const vfloat qv = simd::load(q + r * dpad + dfull);
-          for (int u = 0; u < JK; ++u) acc[r][u] = xsimd::fma(qv, kv[u], acc[r][u]);
-        }
-      }
-      for (int r = 0; r < RP; ++r)
-        for (int u = 0; u < JK; ++u) simd::store(t[r][jj + u], acc[r][u]);
-    }
+    for_steps<qk_steps<RP>>([&](auto S) {
+      decode_qk_step<RP, qk_step_keys<RP, S()>, PREFETCH, T>(
+          q, dpad, d, key, val, b0, nb, avail, prefetch_v, jg, qk_step_first<RP, S()>, t);
+    });
     for (int r = 0; r < RP; ++r) {
       vfloat rows[W];
       for (int jj = 0; jj < W; ++jj) rows[jj] = vfloat::load_aligned(t[r][jj]);
@@ -222,8 +249,9 @@ void decode_range(const float* q, index_t d, KeyPtr key, ValPtr val, index_t k0,
 }
 
 // Keys per P.V step in decode_block_heads: every KV head's step is done before the next one, so
-// V is consumed in address order in runs of this many token rows.
-inline constexpr int decode_pv_step = 16;
+// V is consumed in address order in runs of this many token rows (Zen 3, 2 threads, 32768
+// tokens: 8 rows measured ~+15% over 16 for f32 and ~+5% for f16; 4 rows was slower).
+inline constexpr int decode_pv_step = 8;
 // K rows are prefetched this many tokens ahead (into the next block at its end); V is left to the
 // hardware prefetchers, which on Zen 3 measured faster than prefetching it too (f16 at 32768
 // tokens: ~17.9 vs ~16.2 GB/s).
