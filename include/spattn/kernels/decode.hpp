@@ -99,14 +99,17 @@ inline void decode_qk_step(const float* q, index_t dpad, index_t d, KeyPtr key, 
 // covers keys [qk_step_first, + qk_step_keys). L1 delivers about one vector load per cycle on
 // Zen 3 (measured), so under AVX2 a 4-row panel takes 3 keys per q load (12 sums, 3 keys and 1 q
 // row: all 16 registers) where 2 keys left the FMAs waiting on q loads (f16 in L3: ~+10%).
+// Other panels take decode_qk_keys keys per step.
+inline constexpr int decode_qk_keys = W == 16 ? 4 : 2;
+static_assert(W % decode_qk_keys == 0);
 template <int RP>
-inline constexpr bool qk_three_keys = W == 8 && RP == 4;
+inline constexpr bool qk_three_keys = W == 8 && RP == 4;  // steps of 3, 3, 2 keys
 template <int RP>
-inline constexpr int qk_steps = qk_three_keys<RP> ? 3 : W / (W == 16 ? 4 : 2);
+inline constexpr int qk_steps = qk_three_keys<RP> ? 3 : W / decode_qk_keys;
 template <int RP, int S>
-inline constexpr int qk_step_keys = qk_three_keys<RP> ? (S < 2 ? 3 : 2) : (W == 16 ? 4 : 2);
+inline constexpr int qk_step_keys = qk_three_keys<RP> ? (S < 2 ? 3 : 2) : decode_qk_keys;
 template <int RP, int S>
-inline constexpr int qk_step_first = qk_three_keys<RP> ? 3 * S : S*(W == 16 ? 4 : 2);
+inline constexpr int qk_step_first = (qk_three_keys<RP> ? 3 : decode_qk_keys) * S;
 
 // Calls f(integral_constant<int, S>) for S = 0 .. N-1.
 template <int N, class F>
