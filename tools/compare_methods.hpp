@@ -4,7 +4,7 @@
 // (measured time, estimation time and FLOPs) and, optionally, the output its kernel produced.
 //
 // Adding a prefill policy (any type satisfying spattn::prefill_policy, a user's plain struct
-// included) is one line in builtin_methods():
+// included) is one line in builtin_prefill_methods() (tools/registry_prefill.cpp):
 //
 //   m.push_back(prefill_method(policies::vertical_slash{}, "vertical-slash", "description"));
 //   m.push_back(prefill_method(strided_policy{}));  // name from policy.name()
@@ -221,34 +221,8 @@ inline key_set_fn keys_from_table(
 // ---------------------------------------------------------------------------------------------
 // dense: the reference every other method is measured against.
 
-inline method_run run_dense(const problem& p, const budget&) {
-  method_run r;
-  const index_t off = p.q_offset, H = p.heads(), D = p.head_dim();
-  r.keys = [off](index_t, index_t t) {
-    std::vector<index_t> ks(static_cast<std::size_t>(off + t + 1));
-    for (index_t j = 0; j <= off + t; ++j) ks[static_cast<std::size_t>(j)] = j;
-    return ks;
-  };
-  r.computed_pairs = static_cast<double>(H) * eval::causal_pairs(p.q_tokens, p.tokens(), off);
-  with_storage_type(p.type(), [&](auto tag) {
-    using T = decltype(tag);
-    const auto q = p.q().as<T>(), k = p.k().as<T>(), v = p.v().as<T>();
-    attention_options opt;
-    opt.exec = p.exec;
-    if (p.ph == phase::prefill) {
-      r.out.assign(static_cast<std::size_t>(p.q_tokens * H * D), 0.0f);
-      tensor_view<float> o(r.out.data(), p.q_tokens, H, D);
-      r.seconds = time_best(p.reps, [&] { prefill(q, k, v, o, {}, opt); });
-    } else {  // one decode step: the last query against the whole cache
-      r.out.assign(static_cast<std::size_t>(H * D), 0.0f);
-      r.out_first = p.q_tokens - 1;
-      tensor_view<float> o(r.out.data(), 1, H, D);
-      const auto q1 = q.slice_tokens(p.q_tokens - 1, 1);
-      r.seconds = time_best(p.reps, [&] { decode(q1, k, v, o, {}, opt); });
-    }
-  });
-  return r;
-}
+// Defined in tools/registry_prefill.cpp (compiled once, linked into the tool and its tests).
+method_run run_dense(const problem& p, const budget&);
 
 // ---------------------------------------------------------------------------------------------
 // Prefill policies: one generic adapter for every type satisfying spattn::prefill_policy.
@@ -329,7 +303,7 @@ method_run run_prefill_policy(const P& policy, const problem& p, const budget& b
   return r;
 }
 
-// A prefill method from any policy: one line in builtin_methods(). The name defaults to
+// A prefill method from any policy: one line in builtin_prefill_methods(). The name defaults to
 // policy.name(); uses_budget = false runs it once per input with the policy default.
 template <prefill_policy P>
 method prefill_method(P policy, std::string name = {}, std::string description = {},
@@ -651,8 +625,8 @@ method_run run_eviction_policy(const P& policy, const problem& p, const budget& 
   return r;
 }
 
-// A decode method from any decode policy / eviction policy: one line in builtin_methods(). The
-// name defaults to policy.name().
+// A decode method from any decode policy / eviction policy: one line in builtin_decode_methods().
+// The name defaults to policy.name().
 template <decode_policy P>
 method decode_method(P policy, std::string name = {}, std::string description = {}) {
   if (name.empty()) name = policy.name();
@@ -678,40 +652,14 @@ method eviction_method(P policy, std::string name = {}, std::string description 
       [policy](const problem& p, const budget& b) { return run_eviction_policy(policy, p, b); }};
 }
 
-// The registry.
+// The registry: the built-in methods, defined in tools/registry_prefill.cpp and
+// tools/registry_decode.cpp (a library the tool and its tests link, so the kernels behind every
+// method are compiled once, in two translation units that build in parallel).
+std::vector<method> builtin_prefill_methods();  // dense, then the prefill policies
+std::vector<method> builtin_decode_methods();   // decode and eviction policies
 inline std::vector<method> builtin_methods() {
-  std::vector<method> m;
-  m.push_back({"dense", "dense causal attention (kernels/prefill.hpp, kernels/decode.hpp)", true,
-               true, false, run_dense});
-  m.push_back(prefill_method(policies::dense{}, "dense-policy",
-                             "policies::dense through select() + sparse_prefill(): the sparse "
-                             "path's cost at full density (policy default only)",
-                             /*uses_budget=*/false));
-  m.push_back(prefill_method(policies::a_shape{}, "a-shape",
-                             "policies::a_shape: 4 sinks + local window per 64-query block"));
-  m.push_back(prefill_method(policies::vertical_slash{}, "vertical-slash",
-                             "policies::vertical_slash: top key columns + diagonals from the last "
-                             "256 queries (MInference index conversion)"));
-  m.push_back(prefill_method(policies::block_sparse{}, "block-sparse",
-                             "policies::block_sparse: top 16-token chunks by mean-pooled Q.K"));
-  m.push_back(prefill_method(policies::flexprefill{}, "flexprefill",
-                             "policies::flexprefill: vertical-slash sized by attention-mass "
-                             "coverage (alpha 0.65, min 512); coverage:F budgets set alpha"));
-  m.push_back(prefill_method(strided_policy{}));  // a user's policy: examples/strided_policy.hpp
-  m.push_back(
-      decode_method(policies::quest{}, "quest",
-                    "policies::quest: per step, the top pages of 16 tokens by their min/max "
-                    "key bound (shared by a GQA group) + the current page; full cache kept"));
-  m.push_back(
-      eviction_method(policies::snapkv{}, "snapkv",
-                      "policies::snapkv: evicts the prompt's cache once, keeping per KV head "
-                      "the tokens the last 256 prompt queries attend (pooled, kernel 21)"));
-  m.push_back(eviction_method(policies::ada_snapkv{}, "ada-snapkv",
-                              "policies::ada_snapkv: as snapkv (max/max scores), the budget shared "
-                              "across KV heads (floor 0.2 of the uniform share)"));
-  m.push_back(eviction_method(policies::streaming_llm{}, "streaming-llm",
-                              "policies::streaming_llm: evicts the prompt's cache to 4 sinks + the "
-                              "recent window"));
+  std::vector<method> m = builtin_prefill_methods();
+  for (auto& d : builtin_decode_methods()) m.push_back(std::move(d));
   return m;
 }
 
