@@ -40,8 +40,8 @@ void bench_prefill(benchmark::State& st, index_t n) {
 template <class TKV>
 void bench_decode(benchmark::State& st, index_t n) {
   const auto q = random_values<float>(static_cast<std::size_t>(heads * head_dim), 1);
-  const auto k = random_values<TKV>(static_cast<std::size_t>(n * kv_heads * head_dim), 2);
-  const auto v = random_values<TKV>(static_cast<std::size_t>(n * kv_heads * head_dim), 3);
+  const auto k = random_cache_values<TKV>(static_cast<std::size_t>(n * kv_heads * head_dim), 2);
+  const auto v = random_cache_values<TKV>(static_cast<std::size_t>(n * kv_heads * head_dim), 3);
   std::vector<float> out(q.size());
   attention_options opt;
   opt.exec = executor::openmp(threads());

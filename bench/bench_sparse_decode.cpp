@@ -37,14 +37,14 @@ using TKV = f16;
 
 struct fixture {
   index_t n;
-  std::vector<TKV> k, v;
+  huge_page_array<TKV> k, v;
   std::vector<float> q;
   std::unique_ptr<kv_cache<TKV>> cache, evicted;
   std::unique_ptr<paged_cache<TKV>> paged;
   index_t seq = 0;
   explicit fixture(index_t len) : n(len) {
-    k = random_values<TKV>(static_cast<std::size_t>(n * kv_heads * head_dim), 2);
-    v = random_values<TKV>(static_cast<std::size_t>(n * kv_heads * head_dim), 3);
+    k = random_cache_values<TKV>(static_cast<std::size_t>(n * kv_heads * head_dim), 2);
+    v = random_cache_values<TKV>(static_cast<std::size_t>(n * kv_heads * head_dim), 3);
     q = random_values<float>(static_cast<std::size_t>(heads * head_dim), 1);
   }
   tensor_view<const TKV> kview() const { return {k.data(), n, kv_heads, head_dim}; }

@@ -143,3 +143,29 @@ TEST_CASE("the oracle on hand-computed cases", "[oracle]") {
   CHECK(z.o(0, 0, 1) == 0.0);
   CHECK(std::isinf(z.l(0, 0)));
 }
+
+TEST_CASE("huge_page_array: sizes, alignment, default values, moves", "[core]") {
+  const huge_page_array<float> none;
+  CHECK(none.empty());
+  CHECK(none.data() == nullptr);
+  const huge_page_array<f16> zero(0);
+  CHECK(zero.size() == 0);
+
+  huge_page_array<f16> small(100);  // below 2 MiB: ordinary 64-byte-aligned storage
+  REQUIRE(small.size() == 100);
+  CHECK(reinterpret_cast<std::uintptr_t>(small.data()) % 64 == 0);
+  for (const f16 h : small) CHECK(h.bits == 0);  // default-initialised as new f16[n]
+
+  // 2 MiB and more: 2 MiB-aligned (so whole huge pages can back it); every element addressable.
+  const std::size_t n = (huge_page_bytes / sizeof(float)) * 3 / 2 + 7;
+  huge_page_array<float> big(n);
+  REQUIRE(big.size() == n);
+  CHECK(reinterpret_cast<std::uintptr_t>(big.data()) % huge_page_bytes == 0);
+  for (std::size_t i = 0; i < n; ++i) big[i] = static_cast<float>(i);
+  const float* p = big.data();
+  huge_page_array<float> moved = std::move(big);
+  CHECK(moved.data() == p);
+  CHECK(moved.size() == n);
+  CHECK(moved[n - 1] == static_cast<float>(n - 1));
+  CHECK(moved[12345] == 12345.0f);
+}

@@ -8,6 +8,7 @@
 #include "spattn/core/dtype.hpp"
 #include "spattn/core/error.hpp"
 #include "spattn/core/executor.hpp"
+#include "spattn/core/huge_pages.hpp"
 #include "spattn/core/tensor_view.hpp"
 #include "spattn/core/varlen.hpp"
 #include "spattn/kernels/decode.hpp"

@@ -1,12 +1,14 @@
 #pragma once
 // An owning array of fixed-width rows with an exact, caller-controlled capacity: growth doubles,
 // shrink() reallocates to exactly the rows in use, so the bytes a cache reports are the bytes it
-// holds (std::vector::shrink_to_fit is only a request).
+// holds (std::vector::shrink_to_fit is only a request). Large buffers sit on huge pages
+// (core/huge_pages.hpp): decode streams them whole.
 #include <algorithm>
 #include <cstring>
 #include <memory>
 
 #include "spattn/core/error.hpp"
+#include "spattn/core/huge_pages.hpp"
 #include "spattn/core/tensor_view.hpp"
 
 namespace spattn::detail {
@@ -19,9 +21,9 @@ class row_buffer {
 
   index_t capacity() const { return cap_; }
   index_t row_elems() const { return row_elems_; }
-  T* row(index_t r) { return data_.get() + r * row_elems_; }
-  const T* row(index_t r) const { return data_.get() + r * row_elems_; }
-  const T* data() const { return data_.get(); }
+  T* row(index_t r) { return data_.data() + r * row_elems_; }
+  const T* row(index_t r) const { return data_.data() + r * row_elems_; }
+  const T* data() const { return data_.data(); }
   std::size_t bytes() const { return static_cast<std::size_t>(cap_ * row_elems_) * sizeof(T); }
 
   // Makes room for `rows` rows, keeping the first `used`; grows geometrically.
@@ -37,16 +39,15 @@ class row_buffer {
 
  private:
   void reallocate(index_t rows, index_t used) {
-    std::unique_ptr<T[]> fresh;
-    if (rows > 0) fresh.reset(new T[static_cast<std::size_t>(rows * row_elems_)]);
+    huge_page_array<T> fresh(static_cast<std::size_t>(rows * row_elems_));
     if (used > 0) {
-      std::memcpy(fresh.get(), data_.get(),
+      std::memcpy(fresh.data(), data_.data(),
                   static_cast<std::size_t>(used * row_elems_) * sizeof(T));
     }
     data_ = std::move(fresh);
     cap_ = rows;
   }
-  std::unique_ptr<T[]> data_;
+  huge_page_array<T> data_;
   index_t cap_ = 0;
   index_t row_elems_ = 0;
 };
