@@ -5,7 +5,6 @@
 // (core/huge_pages.hpp): decode streams them whole.
 #include <algorithm>
 #include <cstring>
-#include <memory>
 
 #include "spattn/core/error.hpp"
 #include "spattn/core/huge_pages.hpp"

@@ -21,6 +21,15 @@ namespace spattn {
 
 inline constexpr std::size_t huge_page_bytes = std::size_t{2} << 20;
 
+namespace detail {
+// Asks for transparent huge pages on [p, p + bytes) before its first touch; advice only.
+inline void advise_huge_pages([[maybe_unused]] void* p, [[maybe_unused]] std::size_t bytes) {
+#if defined(__linux__) && defined(MADV_HUGEPAGE)
+  (void)madvise(p, bytes, MADV_HUGEPAGE);
+#endif
+}
+}  // namespace detail
+
 template <class T>
 class huge_page_array {
  public:
@@ -34,43 +43,21 @@ class huge_page_array {
     const std::size_t rounded = (bytes + align - 1) / align * align;  // aligned_alloc's contract
     void* p = std::aligned_alloc(align, rounded);
     if (!p) throw std::bad_alloc();
-#if defined(__linux__) && defined(MADV_HUGEPAGE)
-    if (huge) (void)madvise(p, rounded, MADV_HUGEPAGE);  // before the first touch; advice only
-#endif
+    if (huge) detail::advise_huge_pages(p, rounded);
     data_.reset(static_cast<T*>(p));
     std::uninitialized_default_construct_n(data_.get(), n);
   }
 
-  T* data() {
-    return data_.get();
-  }
-  const T* data() const {
-    return data_.get();
-  }
-  std::size_t size() const {
-    return size_;
-  }
-  bool empty() const {
-    return size_ == 0;
-  }
-  T& operator[](std::size_t i) {
-    return data_[i];
-  }
-  const T& operator[](std::size_t i) const {
-    return data_[i];
-  }
-  T* begin() {
-    return data();
-  }
-  T* end() {
-    return data() + size_;
-  }
-  const T* begin() const {
-    return data();
-  }
-  const T* end() const {
-    return data() + size_;
-  }
+  T* data() { return data_.get(); }
+  const T* data() const { return data_.get(); }
+  std::size_t size() const { return size_; }
+  bool empty() const { return size_ == 0; }
+  T& operator[](std::size_t i) { return data_[i]; }
+  const T& operator[](std::size_t i) const { return data_[i]; }
+  T* begin() { return data(); }
+  T* end() { return data() + size_; }
+  const T* begin() const { return data(); }
+  const T* end() const { return data() + size_; }
 
  private:
   struct free_deleter {
