@@ -150,6 +150,7 @@ TEST_CASE("huge_page_array: sizes, alignment, default values, moves", "[core]") 
   CHECK(none.data() == nullptr);
   const huge_page_array<f16> zero(0);
   CHECK(zero.size() == 0);
+  CHECK_THROWS_AS(huge_page_array<float>(SIZE_MAX / 2), std::bad_array_new_length);  // n * 4 wraps
 
   huge_page_array<f16> small(100);  // below 2 MiB: ordinary 64-byte-aligned storage
   REQUIRE(small.size() == 100);

@@ -7,6 +7,7 @@
 // kernel may still decline (THP "never", fragmentation) and nothing changes but speed. Smaller
 // arrays, and other systems, get ordinary 64-byte-aligned storage.
 #include <cstddef>
+#include <cstdint>
 #include <cstdlib>
 #include <memory>
 #include <new>
@@ -37,6 +38,7 @@ class huge_page_array {
   // `n` default-initialised elements (as new T[n]).
   explicit huge_page_array(std::size_t n) : size_(n) {
     if (n == 0) return;
+    if (n > SIZE_MAX / sizeof(T)) throw std::bad_array_new_length();  // as new T[n] would
     const std::size_t bytes = n * sizeof(T);
     const bool huge = bytes >= huge_page_bytes;
     const std::size_t align = huge ? huge_page_bytes : 64;
