@@ -252,9 +252,14 @@ void decode_range(const float* q, index_t d, KeyPtr key, ValPtr val, index_t k0,
 }
 
 // Keys per P.V step in decode_block_heads: every KV head's step is done before the next one, so
-// V is consumed in address order in runs of this many token rows (Zen 3, 2 threads, 32768
-// tokens: 8 rows measured ~+15% over 16 for f32 and ~+5% for f16; 4 rows was slower).
-inline constexpr int decode_pv_step = 8;
+// V is consumed in address order in runs of this many token rows. Short runs keep the walk
+// sequential but reload the O accumulators every run (in L1, 4 rows x 128 f16: 8-key runs ran
+// the P.V loop at ~75% of the FMA rate, whole 64-key blocks at ~100%). Zen 3, 2 threads, 2 MiB
+// pages: 2-byte K/V at 32768 tokens ~18 GB/s with 8 rows, ~19 with 32, ~21-23 with the whole
+// block; f32 rows are 4 KiB apart for 8 KV heads (every row of a head in the same L1 sets) and
+// halve in speed with whole blocks, so f32 keeps 8 (~+15% over 16 measured earlier).
+template <class T>
+inline constexpr int decode_pv_step = sizeof(T) <= 2 ? BC : 8;
 // K rows are prefetched this many tokens ahead (into the next block at its end); V is left to the
 // hardware prefetchers, which on Zen 3 measured faster than prefetching it too (f16 at 32768
 // tokens: ~17.9 vs ~16.2 GB/s).
@@ -316,8 +321,8 @@ void decode_block_heads(const float* qs, index_t d, index_t dpad, int rows, inde
       softmax_row(s + h * head_s + r * BC, valid, st.m[r], st.l[r], st.o + r * dpad, dpad);
     }
   }
-  for (int j0 = 0; j0 < max_valid; j0 += decode_pv_step) {
-    const int nj = std::min(decode_pv_step, max_valid - j0);
+  for (int j0 = 0; j0 < max_valid; j0 += decode_pv_step<T>) {
+    const int nj = std::min(decode_pv_step<T>, max_valid - j0);
     for (index_t h = 0; h < kv_heads; ++h) {
       auto vr = [&](index_t t) { return val(h, t); };
       const softmax_state st = state(h);
