@@ -49,6 +49,14 @@ class huge_page_array {
     data_.reset(static_cast<T*>(p));
     std::uninitialized_default_construct_n(data_.get(), n);
   }
+  // Moves leave the source empty (size 0 with no data), not a size without storage.
+  huge_page_array(huge_page_array&& o) noexcept
+      : data_(std::move(o.data_)), size_(std::exchange(o.size_, 0)) {}
+  huge_page_array& operator=(huge_page_array&& o) noexcept {
+    data_ = std::move(o.data_);
+    size_ = std::exchange(o.size_, 0);
+    return *this;
+  }
 
   T* data() { return data_.get(); }
   const T* data() const { return data_.get(); }
