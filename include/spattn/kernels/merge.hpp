@@ -41,8 +41,10 @@ void merge_states(tensor_view<A> o_a, lse_view lse_a, tensor_view<B> o_b, lse_vi
         !l->empty() && l->tokens() == o_a.tokens() && l->heads() == o_a.heads(),
         l == &lse_a ? "lse_a" : "lse_b",
         [&] { return detail::concat("[", o_a.tokens(), ", ", o_a.heads(), "] values"); },
-        l->empty() ? std::string("an empty view")
-                   : detail::concat("[", l->tokens(), ", ", l->heads(), "]"));
+        [&] {
+          return l->empty() ? std::string("an empty view")
+                            : detail::concat("[", l->tokens(), ", ", l->heads(), "]");
+        });
   }
   if (!lse_out.empty()) {
     require(
