@@ -54,10 +54,8 @@ class budget {
     require(n > 0, "sequence length", "> 0", n);
     switch (kind_) {
       case budget_kind::tokens:
-        require(
-            static_cast<index_t>(value_) <= n, "budget tokens",
-            [&] { return detail::concat("<= the sequence length (", n, ")"); },
-            static_cast<index_t>(value_));
+        require(static_cast<index_t>(value_) <= n, "budget tokens",
+                detail::lazy("<= the sequence length (", n, ")"), static_cast<index_t>(value_));
         return static_cast<index_t>(value_);
       case budget_kind::ratio: {
         const auto t = static_cast<index_t>(std::ceil(value_ * static_cast<double>(n) - 1e-9));

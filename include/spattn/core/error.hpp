@@ -4,6 +4,7 @@
 #include <sstream>
 #include <stdexcept>
 #include <string>
+#include <tuple>
 #include <type_traits>
 #include <utility>
 
@@ -23,11 +24,26 @@ std::string concat(Parts&&... parts) {
   return os.str();
 }
 
+// The parts of a message, concatenated only when called: require(ok, arg, lazy(...), given) costs
+// nothing on success. Holds references, so it lives only within the full expression of the call.
+template <class... Parts>
+struct lazy_text {
+  std::tuple<const Parts&...> parts;
+  std::string operator()() const {
+    return std::apply([](const auto&... p) { return concat(p...); }, parts);
+  }
+};
+
+template <class... Parts>
+lazy_text<Parts...> lazy(const Parts&... parts) {
+  return {{parts...}};
+}
+
 }  // namespace detail
 
 // Throws spattn::error("argument 'name': expected <expected>, got <given>") unless ok.
 // `expected` and `given` may be callables returning the text, so hot paths build no message
-// unless they fail (an ostringstream per check was ~3% of a short decode call).
+// unless they fail (detail::lazy; an ostringstream per check was ~3% of a short decode call).
 template <class Expected, class Given>
 inline void require(bool ok, const char* argument, const Expected& expected, const Given& given) {
   if (ok) [[likely]]

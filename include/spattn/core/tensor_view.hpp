@@ -37,20 +37,16 @@ class tensor_view {
     require(tokens >= 0, "tokens", ">= 0", tokens);
     require(heads > 0, "heads", "> 0", heads);
     require(head_dim > 0, "head_dim", "> 0", head_dim);
-    require(
-        head_stride >= head_dim, "head_stride",
-        [&] { return detail::concat(">= head_dim (", head_dim, ")"); }, head_stride);
+    require(head_stride >= head_dim, "head_stride", detail::lazy(">= head_dim (", head_dim, ")"),
+            head_stride);
     // Rows must not overlap: token-major ([T, H, D], the usual) or head-major ([H, T, D]).
     const bool token_major = tokens <= 1 || token_stride >= (heads - 1) * head_stride + head_dim;
     const bool head_major = heads == 1 || head_stride >= (tokens - 1) * token_stride + head_dim;
     require(token_stride > 0 || tokens <= 1, "token_stride", "> 0", token_stride);
-    require(
-        token_major || head_major, "token_stride",
-        [&] {
-          return detail::concat("rows that do not overlap (heads=", heads, ", head_dim=", head_dim,
-                                ", head_stride=", head_stride, ")");
-        },
-        token_stride);
+    require(token_major || head_major, "token_stride",
+            detail::lazy("rows that do not overlap (heads=", heads, ", head_dim=", head_dim,
+                         ", head_stride=", head_stride, ")"),
+            token_stride);
     require(data != nullptr || tokens == 0, "data", "non-null pointer", "nullptr");
   }
 
@@ -114,9 +110,8 @@ class lse_view {
       : data_(data), tokens_(tokens), heads_(heads), token_stride_(token_stride) {
     require(tokens >= 0, "lse tokens", ">= 0", tokens);
     require(heads > 0, "lse heads", "> 0", heads);
-    require(
-        token_stride >= heads || tokens <= 1, "lse token_stride",
-        [&] { return detail::concat(">= heads (", heads, ")"); }, token_stride);
+    require(token_stride >= heads || tokens <= 1, "lse token_stride",
+            detail::lazy(">= heads (", heads, ")"), token_stride);
     require(data != nullptr || tokens == 0, "lse data", "non-null pointer", "nullptr");
   }
   float* data() const { return data_; }

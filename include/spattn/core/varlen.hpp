@@ -28,18 +28,14 @@ namespace detail {
 inline std::vector<sequence_span> resolve_varlen(const varlen_batch& b, index_t q_tokens,
                                                  index_t k_tokens, bool causal) {
   require(b.cu_q.size() >= 2, "cu_q", "at least 2 offsets (one sequence)", b.cu_q.size());
-  require(
-      b.cu_k.size() == b.cu_q.size(), "cu_k",
-      [&] { return detail::concat("as many offsets as cu_q (", b.cu_q.size(), ")"); },
-      b.cu_k.size());
+  require(b.cu_k.size() == b.cu_q.size(), "cu_k",
+          detail::lazy("as many offsets as cu_q (", b.cu_q.size(), ")"), b.cu_k.size());
   require(b.cu_q.front() == 0, "cu_q[0]", 0, b.cu_q.front());
   require(b.cu_k.front() == 0, "cu_k[0]", 0, b.cu_k.front());
-  require(
-      b.cu_q.back() == q_tokens, "cu_q.back()",
-      [&] { return detail::concat("q tokens (", q_tokens, ")"); }, b.cu_q.back());
-  require(
-      b.cu_k.back() == k_tokens, "cu_k.back()",
-      [&] { return detail::concat("k tokens (", k_tokens, ")"); }, b.cu_k.back());
+  require(b.cu_q.back() == q_tokens, "cu_q.back()", detail::lazy("q tokens (", q_tokens, ")"),
+          b.cu_q.back());
+  require(b.cu_k.back() == k_tokens, "cu_k.back()", detail::lazy("k tokens (", k_tokens, ")"),
+          b.cu_k.back());
   std::vector<sequence_span> seqs;
   seqs.reserve(b.cu_q.size() - 1);
   for (std::size_t s = 0; s + 1 < b.cu_q.size(); ++s) {
@@ -48,14 +44,14 @@ inline std::vector<sequence_span> resolve_varlen(const varlen_batch& b, index_t 
     sp.q_len = b.cu_q[s + 1] - b.cu_q[s];
     sp.k_begin = b.cu_k[s];
     sp.k_len = b.cu_k[s + 1] - b.cu_k[s];
-    auto which = [&](const char* what) { return detail::concat("sequence ", s, what); };
     require(sp.q_len >= 0, "cu_q", "non-decreasing offsets",
-            [&] { return which(" has negative length"); });
+            detail::lazy("sequence ", s, " has negative length"));
     require(sp.k_len >= 0, "cu_k", "non-decreasing offsets",
-            [&] { return which(" has negative length"); });
-    require(sp.k_len > 0, "cu_k", "non-empty key sequences", [&] { return which(" has no keys"); });
+            detail::lazy("sequence ", s, " has negative length"));
+    require(sp.k_len > 0, "cu_k", "non-empty key sequences",
+            detail::lazy("sequence ", s, " has no keys"));
     require(!causal || sp.q_len <= sp.k_len, "cu_q", "causal sequences with q_len <= k_len",
-            [&] { return detail::concat(which(""), ": q_len ", sp.q_len, " > k_len ", sp.k_len); });
+            detail::lazy("sequence ", s, ": q_len ", sp.q_len, " > k_len ", sp.k_len));
     sp.q_offset = causal ? sp.k_len - sp.q_len : 0;
     seqs.push_back(sp);
   }

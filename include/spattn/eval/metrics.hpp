@@ -31,9 +31,8 @@ using key_set_fn = std::function<std::vector<index_t>(index_t head, index_t q_to
 // over k_tokens keys (per head).
 inline double causal_pairs(index_t q_tokens, index_t k_tokens, index_t q_offset) {
   require(q_tokens >= 0 && k_tokens >= 0, "tokens", ">= 0", q_tokens < 0 ? q_tokens : k_tokens);
-  require(
-      q_offset >= 0 && q_offset + q_tokens <= k_tokens, "q_offset",
-      [&] { return spattn::detail::concat("in [0, ", k_tokens - q_tokens, "]"); }, q_offset);
+  require(q_offset >= 0 && q_offset + q_tokens <= k_tokens, "q_offset",
+          spattn::detail::lazy("in [0, ", k_tokens - q_tokens, "]"), q_offset);
   // sum over t of (q_offset + t + 1)
   const double a = static_cast<double>(q_offset), n = static_cast<double>(q_tokens);
   return n * (a + 1.0) + n * (n - 1.0) / 2.0;

@@ -326,9 +326,8 @@ inline void write_npy(const std::filesystem::path& path, std::span<const index_t
                       std::span<const T> values) {
   std::size_t count = 1;
   for (index_t s : shape) count *= static_cast<std::size_t>(s < 0 ? 0 : s);
-  require(
-      values.size() == count, "npy values",
-      [&] { return spattn::detail::concat(count, " elements for the shape"); }, values.size());
+  require(values.size() == count, "npy values",
+          spattn::detail::lazy(count, " elements for the shape"), values.size());
   write_npy(path, npy_dtype_of<T>(), shape, values.data());
 }
 

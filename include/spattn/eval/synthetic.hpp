@@ -117,10 +117,8 @@ struct splitmix64 {
 inline synthetic_data make_synthetic(const synthetic_options& o) {
   require(o.tokens >= 64, "tokens", ">= 64", o.tokens);
   require(o.kv_heads > 0, "kv_heads", "> 0", o.kv_heads);
-  require(
-      o.heads > 0 && o.heads % o.kv_heads == 0, "heads",
-      [&] { return spattn::detail::concat("a positive multiple of kv_heads (", o.kv_heads, ")"); },
-      o.heads);
+  require(o.heads > 0 && o.heads % o.kv_heads == 0, "heads",
+          spattn::detail::lazy("a positive multiple of kv_heads (", o.kv_heads, ")"), o.heads);
   require(o.head_dim >= 16 && o.head_dim % 4 == 0, "head_dim", "a multiple of 4, >= 16",
           o.head_dim);
   require(o.sink_tokens >= 1 && o.sink_tokens < o.tokens / 4, "sink_tokens", "in [1, tokens / 4)",

@@ -37,20 +37,17 @@ void merge_states(tensor_view<A> o_a, lse_view lse_a, tensor_view<B> o_b, lse_vi
               out.head_dim() == o_a.head_dim(),
           "out", "the shape of o_a " + shape(o_a), shape(out));
   for (const auto* l : {&lse_a, &lse_b}) {
-    require(
-        !l->empty() && l->tokens() == o_a.tokens() && l->heads() == o_a.heads(),
-        l == &lse_a ? "lse_a" : "lse_b",
-        [&] { return detail::concat("[", o_a.tokens(), ", ", o_a.heads(), "] values"); },
-        [&] {
-          return l->empty() ? std::string("an empty view")
-                            : detail::concat("[", l->tokens(), ", ", l->heads(), "]");
-        });
+    require(!l->empty() && l->tokens() == o_a.tokens() && l->heads() == o_a.heads(),
+            l == &lse_a ? "lse_a" : "lse_b",
+            detail::lazy("[", o_a.tokens(), ", ", o_a.heads(), "] values"), [&] {
+              return l->empty() ? std::string("an empty view")
+                                : detail::concat("[", l->tokens(), ", ", l->heads(), "]");
+            });
   }
   if (!lse_out.empty()) {
-    require(
-        lse_out.tokens() == o_a.tokens() && lse_out.heads() == o_a.heads(), "lse_out",
-        [&] { return detail::concat("[", o_a.tokens(), ", ", o_a.heads(), "]"); },
-        [&] { return detail::concat("[", lse_out.tokens(), ", ", lse_out.heads(), "]"); });
+    require(lse_out.tokens() == o_a.tokens() && lse_out.heads() == o_a.heads(), "lse_out",
+            detail::lazy("[", o_a.tokens(), ", ", o_a.heads(), "]"),
+            detail::lazy("[", lse_out.tokens(), ", ", lse_out.heads(), "]"));
   }
   require(detail::same_or_disjoint(out, o_a) && detail::same_or_disjoint(out, o_b), "out",
           "the same view as o_a or o_b, or disjoint memory", "a partially overlapping view");

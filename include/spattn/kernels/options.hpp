@@ -45,38 +45,24 @@ resolved_call check_attention_args(const tensor_view<const TQ>& q, const tensor_
                                    const tensor_view<const TKV>& v, const tensor_view<TO>& out,
                                    const lse_view& lse, const attention_options& opt) {
   resolved_call c;
-  require(
-      k.heads() == v.heads(), "v.heads",
-      [&] { return detail::concat("k.heads (", k.heads(), ")"); }, v.heads());
-  require(
-      k.tokens() == v.tokens(), "v.tokens",
-      [&] { return detail::concat("k.tokens (", k.tokens(), ")"); }, v.tokens());
-  require(
-      q.heads() % k.heads() == 0, "q.heads",
-      [&] { return detail::concat("a multiple of k.heads (", k.heads(), ")"); }, q.heads());
-  require(
-      k.head_dim() == q.head_dim(), "k.head_dim",
-      [&] { return detail::concat("q.head_dim (", q.head_dim(), ")"); }, k.head_dim());
-  require(
-      v.head_dim() == q.head_dim(), "v.head_dim",
-      [&] { return detail::concat("q.head_dim (", q.head_dim(), ")"); }, v.head_dim());
-  require(
-      q.head_dim() % 8 == 0 && q.head_dim() <= max_head_dim, "head_dim",
-      [&] { return detail::concat("a multiple of 8 in [8, ", max_head_dim, "]"); }, q.head_dim());
-  require(
-      out.tokens() == q.tokens() && out.heads() == q.heads() && out.head_dim() == q.head_dim(),
-      "out",
-      [&] {
-        return detail::concat("shape [", q.tokens(), ", ", q.heads(), ", ", q.head_dim(), "]");
-      },
-      [&] {
-        return detail::concat("[", out.tokens(), ", ", out.heads(), ", ", out.head_dim(), "]");
-      });
+  require(k.heads() == v.heads(), "v.heads", detail::lazy("k.heads (", k.heads(), ")"), v.heads());
+  require(k.tokens() == v.tokens(), "v.tokens", detail::lazy("k.tokens (", k.tokens(), ")"),
+          v.tokens());
+  require(q.heads() % k.heads() == 0, "q.heads",
+          detail::lazy("a multiple of k.heads (", k.heads(), ")"), q.heads());
+  require(k.head_dim() == q.head_dim(), "k.head_dim",
+          detail::lazy("q.head_dim (", q.head_dim(), ")"), k.head_dim());
+  require(v.head_dim() == q.head_dim(), "v.head_dim",
+          detail::lazy("q.head_dim (", q.head_dim(), ")"), v.head_dim());
+  require(q.head_dim() % 8 == 0 && q.head_dim() <= max_head_dim, "head_dim",
+          detail::lazy("a multiple of 8 in [8, ", max_head_dim, "]"), q.head_dim());
+  require(out.tokens() == q.tokens() && out.heads() == q.heads() && out.head_dim() == q.head_dim(),
+          "out", detail::lazy("shape [", q.tokens(), ", ", q.heads(), ", ", q.head_dim(), "]"),
+          detail::lazy("[", out.tokens(), ", ", out.heads(), ", ", out.head_dim(), "]"));
   if (!lse.empty()) {
-    require(
-        lse.tokens() == q.tokens() && lse.heads() == q.heads(), "lse",
-        [&] { return detail::concat("shape [", q.tokens(), ", ", q.heads(), "]"); },
-        [&] { return detail::concat("[", lse.tokens(), ", ", lse.heads(), "]"); });
+    require(lse.tokens() == q.tokens() && lse.heads() == q.heads(), "lse",
+            detail::lazy("shape [", q.tokens(), ", ", q.heads(), "]"),
+            detail::lazy("[", lse.tokens(), ", ", lse.heads(), "]"));
   }
   const bool alias =
       ranges_overlap(out.begin_address(), out.end_address(), q.begin_address(), q.end_address()) ||
@@ -112,13 +98,9 @@ inline sequence_span single_sequence(index_t q_tokens, index_t k_tokens,
   if (opt.causal) {
     require(opt.q_offset >= -1, "q_offset", ">= 0 or -1 (auto)", opt.q_offset);
     s.q_offset = opt.q_offset == -1 ? k_tokens - q_tokens : opt.q_offset;
-    require(
-        s.q_offset >= 0, "q.tokens", [&] { return detail::concat("<= k.tokens (", k_tokens, ")"); },
-        q_tokens);
-    require(
-        s.q_offset + q_tokens <= k_tokens, "q_offset",
-        [&] { return detail::concat("<= k.tokens - q.tokens (", k_tokens - q_tokens, ")"); },
-        opt.q_offset);
+    require(s.q_offset >= 0, "q.tokens", detail::lazy("<= k.tokens (", k_tokens, ")"), q_tokens);
+    require(s.q_offset + q_tokens <= k_tokens, "q_offset",
+            detail::lazy("<= k.tokens - q.tokens (", k_tokens - q_tokens, ")"), opt.q_offset);
   } else {
     require(opt.q_offset == -1 || opt.q_offset == 0, "q_offset", "-1 or 0 for non-causal attention",
             opt.q_offset);

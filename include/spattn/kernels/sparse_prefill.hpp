@@ -383,22 +383,16 @@ void sparse_prefill(tensor_view<Q> q, tensor_view<K> k, tensor_view<V> v, tensor
   auto c = detail::check_attention_args(as_const(q), as_const(k), as_const(v), out, lse, opt);
   require(opt.causal, "opt.causal", "true (sparse prefill is causal)", "false");
   sel.validate();
-  require(
-      sel.heads == q.heads(), "selection heads",
-      [&] { return detail::concat("q.heads (", q.heads(), ")"); }, sel.heads);
-  require(
-      sel.q_tokens == q.tokens(), "selection q_tokens",
-      [&] { return detail::concat("q.tokens (", q.tokens(), ")"); }, sel.q_tokens);
-  require(
-      sel.k_tokens == k.tokens(), "selection k_tokens",
-      [&] { return detail::concat("k.tokens (", k.tokens(), ")"); }, sel.k_tokens);
-  require(
-      opt.q_offset == -1 || opt.q_offset == sel.q_offset, "q_offset",
-      [&] { return detail::concat("-1 or the selection's q_offset (", sel.q_offset, ")"); },
-      opt.q_offset);
-  require(
-      sel.head_dim == 0 || sel.head_dim == q.head_dim(), "selection head_dim",
-      [&] { return detail::concat("0 or q.head_dim (", q.head_dim(), ")"); }, sel.head_dim);
+  require(sel.heads == q.heads(), "selection heads", detail::lazy("q.heads (", q.heads(), ")"),
+          sel.heads);
+  require(sel.q_tokens == q.tokens(), "selection q_tokens",
+          detail::lazy("q.tokens (", q.tokens(), ")"), sel.q_tokens);
+  require(sel.k_tokens == k.tokens(), "selection k_tokens",
+          detail::lazy("k.tokens (", k.tokens(), ")"), sel.k_tokens);
+  require(opt.q_offset == -1 || opt.q_offset == sel.q_offset, "q_offset",
+          detail::lazy("-1 or the selection's q_offset (", sel.q_offset, ")"), opt.q_offset);
+  require(sel.head_dim == 0 || sel.head_dim == q.head_dim(), "selection head_dim",
+          detail::lazy("0 or q.head_dim (", q.head_dim(), ")"), sel.head_dim);
   if (q.tokens() == 0) return;
   const auto lay = kernels::sparse_item_layout(sel, c.group);
   const auto items = kernels::plan_sparse_prefill(sel, c.kv_heads, c.group, lay);

@@ -34,13 +34,10 @@ struct a_shape {
       spattn::detail::require_uniform(b, "a_shape");
       const index_t target = spattn::detail::pair_budget(b, in);
       const index_t kmax = in.offset() + in.q_tokens();
-      require(
-          head_pairs(in, 1) <= target, "budget",
-          [&] {
-            return spattn::detail::concat("at least the sinks plus a window of 1 (",
-                                          head_pairs(in, 1), " pairs per head)");
-          },
-          [&] { return spattn::detail::concat(b.describe(), " (", target, " pairs per head)"); });
+      require(head_pairs(in, 1) <= target, "budget",
+              spattn::detail::lazy("at least the sinks plus a window of 1 (", head_pairs(in, 1),
+                                   " pairs per head)"),
+              spattn::detail::lazy(b.describe(), " (", target, " pairs per head)"));
       index_t lo = 1, hi = kmax;  // largest w with head_pairs(w) <= target
       while (lo < hi) {
         const index_t mid = lo + (hi - lo + 1) / 2;

@@ -386,21 +386,17 @@ struct block_sparse {
             "block_sparse chunk_size", "a power of two in [8, 64]", chunk_size);
     require(top_chunks >= 3, "block_sparse top_chunks", ">= 3", top_chunks);
     const index_t C = chunk_size, off = in.offset();
-    require(
-        off % C == 0, "inputs q_offset",
-        [&] { return spattn::detail::concat("a multiple of chunk_size (", C, ")"); }, off);
+    require(off % C == 0, "inputs q_offset",
+            spattn::detail::lazy("a multiple of chunk_size (", C, ")"), off);
     const index_t P = off + in.q_tokens(), nb = P / C + 1;
     index_t k = std::min(top_chunks, nb);
     const bool adaptive = !b.is_default() && b.alloc() == allocation::adaptive;
     if (!b.is_default()) {
       const index_t target = spattn::detail::pair_budget(b, in);
-      require(
-          pairs_for(in, 3) <= target, "budget",
-          [&] {
-            return spattn::detail::concat("at least block_sparse's forced chunks (",
-                                          pairs_for(in, 3), " pairs per head)");
-          },
-          [&] { return spattn::detail::concat(target, " pairs per head"); });
+      require(pairs_for(in, 3) <= target, "budget",
+              spattn::detail::lazy("at least block_sparse's forced chunks (", pairs_for(in, 3),
+                                   " pairs per head)"),
+              spattn::detail::lazy(target, " pairs per head"));
       index_t lo = 3, hi = std::max<index_t>(3, nb);
       while (lo < hi) {
         const index_t mid = lo + (hi - lo + 1) / 2;

@@ -51,20 +51,15 @@ struct prefill_inputs {
   void validate() const {
     require(q.tokens() > 0, "inputs q.tokens", "> 0", q.tokens());
     require(k.tokens() > 0, "inputs k.tokens", "> 0", k.tokens());
-    require(
-        q.heads() % k.heads() == 0, "inputs q.heads",
-        [&] { return detail::concat("a multiple of k.heads (", k.heads(), ")"); }, q.heads());
-    require(
-        q.head_dim() == k.head_dim(), "inputs k.head_dim",
-        [&] { return detail::concat("q.head_dim (", q.head_dim(), ")"); }, k.head_dim());
+    require(q.heads() % k.heads() == 0, "inputs q.heads",
+            detail::lazy("a multiple of k.heads (", k.heads(), ")"), q.heads());
+    require(q.head_dim() == k.head_dim(), "inputs k.head_dim",
+            detail::lazy("q.head_dim (", q.head_dim(), ")"), k.head_dim());
     require(q_offset >= -1, "inputs q_offset", ">= 0 or -1 (auto)", q_offset);
-    require(
-        offset() >= 0 && offset() + q.tokens() <= k.tokens(), "inputs q_offset",
-        [&] {
-          return detail::concat("queries inside the key sequence (k.tokens ", k.tokens(),
-                                ", q.tokens ", q.tokens(), ")");
-        },
-        q_offset);
+    require(offset() >= 0 && offset() + q.tokens() <= k.tokens(), "inputs q_offset",
+            detail::lazy("queries inside the key sequence (k.tokens ", k.tokens(), ", q.tokens ",
+                         q.tokens(), ")"),
+            q_offset);
     require(std::isfinite(scale) && scale >= 0.0f, "inputs scale", "a finite value >= 0", scale);
   }
 
@@ -99,9 +94,8 @@ inline index_t pair_budget(const budget& b, const prefill_inputs& in) {
 }
 
 inline void require_uniform(const budget& b, const char* policy) {
-  require(
-      b.alloc() == allocation::uniform, "budget allocation",
-      [&] { return concat("uniform (", policy, " has no adaptive allocation)"); }, "adaptive");
+  require(b.alloc() == allocation::uniform, "budget allocation",
+          lazy("uniform (", policy, " has no adaptive allocation)"), "adaptive");
 }
 
 }  // namespace detail

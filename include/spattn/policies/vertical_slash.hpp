@@ -593,7 +593,7 @@ inline prefill_selection vs_select(const prefill_inputs& in, const vs_config& cf
       const index_t least = pairs_at(0);
       require(least <= target, "budget",
               too_small(least, spattn::detail::concat("for head ", h).c_str()),
-              [&] { return spattn::detail::concat(target, " pairs per head"); });
+              spattn::detail::lazy(target, " pairs per head"));
       const index_t top = std::max(e.nv, e.ns);
       const index_t lo = largest_within(top, target, least, pairs_at);
       pairs_at(lo, true);
@@ -629,7 +629,7 @@ inline prefill_selection vs_select(const prefill_inputs& in, const vs_config& cf
   const index_t forced = H * (fc + fo);  // the +inf entries come first
   const index_t least = pairs_at(forced);
   require(least <= total, "budget", too_small(least, "over all heads"),
-          [&] { return spattn::detail::concat(total, " pairs over ", H, " heads"); });
+          spattn::detail::lazy(total, " pairs over ", H, " heads"));
   index_t most = 0;
   for (const auto& e : heads) most += e.nv + e.ns;
   const index_t lo =  // extra entries beyond the forced ones

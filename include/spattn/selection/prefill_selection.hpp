@@ -110,9 +110,8 @@ struct prefill_selection {
   // Raises spattn::error naming the head, the query block and the offending index.
   void validate() const {
     check_shape();
-    require(
-        entries.size() == static_cast<std::size_t>(heads * q_blocks()), "selection entries",
-        [&] { return detail::concat("heads * q_blocks = ", heads * q_blocks()); }, entries.size());
+    require(entries.size() == static_cast<std::size_t>(heads * q_blocks()), "selection entries",
+            detail::lazy("heads * q_blocks = ", heads * q_blocks()), entries.size());
     for (index_t h = 0; h < heads; ++h) {
       for (index_t b = 0; b < q_blocks(); ++b) validate_entry(h, b);
     }
@@ -203,10 +202,8 @@ struct prefill_selection {
     require(heads > 0, "selection heads", "> 0", heads);
     require(q_tokens >= 0, "selection q_tokens", ">= 0", q_tokens);
     require(q_offset >= 0, "selection q_offset", ">= 0", q_offset);
-    require(
-        k_tokens >= q_offset + q_tokens, "selection k_tokens",
-        [&] { return detail::concat(">= q_offset + q_tokens (", q_offset + q_tokens, ")"); },
-        k_tokens);
+    require(k_tokens >= q_offset + q_tokens, "selection k_tokens",
+            detail::lazy(">= q_offset + q_tokens (", q_offset + q_tokens, ")"), k_tokens);
     require(head_dim >= 0, "selection head_dim", ">= 0", head_dim);
     require(block_q > 0 && (64 % block_q == 0 || block_q % 64 == 0), "selection block_q",
             "a divisor or a multiple of 64", block_q);
