@@ -146,6 +146,29 @@ TEST_CASE("results do not depend on the thread count or executor", "[threads]") 
   }
 }
 
+TEST_CASE("decode spreads a short cache over several tasks", "[decode][threads]") {
+  // 512 cached tokens were one split-K task (a second thread idle); a caller's pool must see a
+  // region with several tasks, and the result still equals the oracle.
+  const index_t n = 512;
+  auto q = random_tensor<float>(1, 4, 128, 21);
+  auto k = random_tensor<f16>(n, 1, 128, 22);
+  auto v = random_tensor<f16>(n, 1, 128, 23);
+  std::int64_t most_tasks = 0;
+  auto pool = executor::custom(
+      [&](std::int64_t count, const std::function<void(std::int64_t)>& body) {
+        most_tasks = std::max(most_tasks, count);
+        for (std::int64_t i = 0; i < count; ++i) body(i);
+      },
+      2);
+  tensor<float> out(1, 4, 128);
+  attention_options opt;
+  opt.exec = pool;
+  decode(q.cview(), k.cview(), v.cview(), out.view(), {}, opt);
+  CHECK(most_tasks >= 2);
+  const auto ref = eval::reference_dense(q.cview(), k.cview(), v.cview());
+  CHECK(compare<float>(ref, out.cview(), nullptr).max_out_err <= out_tolerance<float>());
+}
+
 TEST_CASE("varlen batches equal per-sequence calls and the oracle", "[varlen]") {
   const std::vector<index_t> q_lens = {5, 1, 130, 64, 0}, k_lens = {5, 200, 130, 1000, 3};
   std::vector<index_t> cu_q{0}, cu_k{0};
