@@ -17,6 +17,7 @@ namespace kernels {
 inline constexpr index_t decode_chunk_keys = 512;      // keys per split-K task, long caches
 inline constexpr index_t decode_min_chunk_keys = 256;  // shortest task of a shorter cache
 inline constexpr index_t decode_min_chunks = 16;       // tasks a shorter cache is cut into
+inline constexpr int decode_row_panel = 4;             // query rows sharing each K/V load
 
 // Keys per split-K task for a sequence whose queries see `keys` keys: decode_chunk_keys from
 // 16 x 512 keys up; below, about decode_min_chunks chunks of whole BC-key blocks, at least
@@ -28,7 +29,6 @@ inline index_t decode_chunk_length(index_t keys) {
   const index_t per = (keys + decode_min_chunks - 1) / decode_min_chunks;
   return std::clamp<index_t>((per + BC - 1) / BC * BC, decode_min_chunk_keys, decode_chunk_keys);
 }
-inline constexpr int decode_row_panel = 4;  // query rows sharing each K/V load
 
 // Loads min(W, n) elements as fp32, zero-filling the rest (head_dim tails under AVX-512).
 template <class T>
