@@ -60,12 +60,33 @@ inline void touch_lines(const char* lo, const char* hi) {
   (void)acc;
 }
 
+// Prefetches the next block of a compact cache a few lines per key visited, i.e. spread evenly
+// over the arithmetic on the current block. Under AVX-512 with 2-byte K/V the block walk was a
+// demand sweep followed by the arithmetic, with no overlap between the two; prefetching the next
+// block in one burst per block or per head filled the line-fill buffers and stalled the kernel's
+// own loads (slower than the sweep). Spread out (2-core Xeon, f16, 32768 tokens): ~13 -> ~10 ms.
+// fp32 measured no faster with it and keeps the sweep.
+struct line_stream {
+  const char* next[2] = {nullptr, nullptr};  // K's range, then V's
+  const char* end[2] = {nullptr, nullptr};
+  index_t per_visit = 0;  // lines per key visited
+
+  void advance() {
+    for (index_t i = 0; i < per_visit; ++i) {
+      const int r = next[0] < end[0] ? 0 : 1;
+      if (next[r] >= end[r]) return;
+      _mm_prefetch(next[r], _MM_HINT_T0);
+      next[r] += 64;
+    }
+  }
+};
+
 // Scores of RP rows against JK keys of a W-key group, at positions jj.. of the group, into
 // t[r][jj + u] (unreduced: a vector of partial sums per score). Each q load feeds JK FMAs.
 template <int RP, int JK, bool PREFETCH, class T, class KeyPtr, class ValPtr>
 inline void decode_qk_step(const float* q, index_t dpad, index_t d, KeyPtr key, ValPtr val,
                            index_t b0, int nb, index_t avail, bool prefetch_v, int jg, int jj,
-                           float (*t)[W][W]) {
+                           float (*t)[W][W], line_stream* ls) {
   const index_t row_bytes = d * static_cast<index_t>(sizeof(T));
   const index_t dfull = d / W * W;
   const T* kr[JK];
@@ -73,6 +94,7 @@ inline void decode_qk_step(const float* q, index_t dpad, index_t d, KeyPtr key, 
     // Keys past the block reuse its last key: their scores are masked later.
     const index_t kt_idx = b0 + std::min(jg + jj + u, nb - 1);
     kr[u] = key(kt_idx);
+    if (ls) ls->advance();
     if (PREFETCH && jg + jj + u < nb) {
       // Far: this head's next block into L2 (the other heads' blocks come between).
       // Near: K a few keys ahead, and V for the P.V pass right after, into L1.
@@ -139,12 +161,12 @@ inline void for_steps(F&& f) {
 // for the P.V pass that follows.
 template <int RP, bool PREFETCH, class T, class KeyPtr, class ValPtr>
 inline void decode_qk(const float* q, index_t dpad, index_t d, KeyPtr key, ValPtr val, index_t b0,
-                      int nb, index_t avail, bool prefetch_v, float* s) {
+                      int nb, index_t avail, bool prefetch_v, float* s, line_stream* ls = nullptr) {
   alignas(64) float t[RP][W][W];
   for (int jg = 0; jg < nb; jg += W) {
     for_steps<qk_steps<RP>>([&](auto S) {
       decode_qk_step<RP, qk_step_keys<RP, S()>, PREFETCH, T>(
-          q, dpad, d, key, val, b0, nb, avail, prefetch_v, jg, qk_step_first<RP, S()>, t);
+          q, dpad, d, key, val, b0, nb, avail, prefetch_v, jg, qk_step_first<RP, S()>, t, ls);
     });
     for (int r = 0; r < RP; ++r) {
       vfloat rows[W];
@@ -157,12 +179,13 @@ inline void decode_qk(const float* q, index_t dpad, index_t d, KeyPtr key, ValPt
 // O[RP][d0 .. d0 + NV*W] += P[RP][0..n) . V[b0 .. b0+n)[...]; TAIL: last vector is partial.
 template <int RP, int NV, bool TAIL, class T, class ValPtr>
 inline void decode_pv(const float* p, int n, ValPtr val, index_t b0, index_t d, index_t dpad,
-                      float* o, index_t d0) {
+                      float* o, index_t d0, line_stream* ls) {
   vfloat acc[RP][NV];
   for (int r = 0; r < RP; ++r)
     for (int v = 0; v < NV; ++v) acc[r][v] = simd::load(o + r * dpad + d0 + v * W);
   for (int j = 0; j < n; ++j) {
     const T* vr = val(b0 + j) + d0;
+    if (ls) ls->advance();
     vfloat b[NV];
     for (int v = 0; v < NV; ++v) {
       if constexpr (TAIL) {
@@ -182,29 +205,29 @@ inline void decode_pv(const float* p, int n, ValPtr val, index_t b0, index_t d, 
 
 template <int RP, int NV, class T, class ValPtr>
 inline void decode_pv_chunk(const float* p, int n, ValPtr val, index_t b0, index_t d, index_t dpad,
-                            float* o, index_t d0) {
+                            float* o, index_t d0, line_stream* ls) {
   if (d0 + NV * W > d) {
-    decode_pv<RP, NV, true, T>(p, n, val, b0, d, dpad, o, d0);
+    decode_pv<RP, NV, true, T>(p, n, val, b0, d, dpad, o, d0, ls);
   } else {
-    decode_pv<RP, NV, false, T>(p, n, val, b0, d, dpad, o, d0);
+    decode_pv<RP, NV, false, T>(p, n, val, b0, d, dpad, o, d0, ls);
   }
 }
 
 template <int RP, class T, class ValPtr>
 inline void decode_pv_all(const float* p, int n, ValPtr val, index_t b0, index_t d, index_t dpad,
-                          float* o) {
+                          float* o, line_stream* ls = nullptr) {
   const index_t full = dpad / (PV_NV * W) * (PV_NV * W);
   for (index_t d0 = 0; d0 < full; d0 += PV_NV * W)
-    decode_pv_chunk<RP, PV_NV, T>(p, n, val, b0, d, dpad, o, d0);
+    decode_pv_chunk<RP, PV_NV, T>(p, n, val, b0, d, dpad, o, d0, ls);
   switch ((dpad - full) / W) {
     case 1:
-      decode_pv_chunk<RP, 1, T>(p, n, val, b0, d, dpad, o, full);
+      decode_pv_chunk<RP, 1, T>(p, n, val, b0, d, dpad, o, full, ls);
       break;
     case 2:
-      decode_pv_chunk<RP, 2, T>(p, n, val, b0, d, dpad, o, full);
+      decode_pv_chunk<RP, 2, T>(p, n, val, b0, d, dpad, o, full, ls);
       break;
     case 3:
-      decode_pv_chunk<RP, 3, T>(p, n, val, b0, d, dpad, o, full);
+      decode_pv_chunk<RP, 3, T>(p, n, val, b0, d, dpad, o, full, ls);
       break;
     default:
       break;
@@ -213,17 +236,17 @@ inline void decode_pv_all(const float* p, int n, ValPtr val, index_t b0, index_t
 
 template <int RP, bool PREFETCH, class T, class KeyPtr, class ValPtr>
 inline void decode_panel(const float* q, index_t d, KeyPtr key, ValPtr val, index_t b0, int nb,
-                         index_t avail, const int* valid, const softmax_state& st, int r0,
-                         float* s) {
+                         index_t avail, const int* valid, const softmax_state& st, int r0, float* s,
+                         line_stream* ls) {
   int max_valid = 0;
   for (int r = 0; r < RP; ++r) max_valid = std::max(max_valid, valid[r]);
   if (max_valid == 0) return;
-  decode_qk<RP, PREFETCH, T>(q + r0 * st.dpad, st.dpad, d, key, val, b0, nb, avail, r0 == 0, s);
+  decode_qk<RP, PREFETCH, T>(q + r0 * st.dpad, st.dpad, d, key, val, b0, nb, avail, r0 == 0, s, ls);
   for (int r = 0; r < RP; ++r) {
     softmax_row(s + r * BC, valid[r], st.m[r0 + r], st.l[r0 + r], st.o + (r0 + r) * st.dpad,
                 st.dpad);
   }
-  decode_pv_all<RP, T>(s, max_valid, val, b0, d, st.dpad, st.o + r0 * st.dpad);
+  decode_pv_all<RP, T>(s, max_valid, val, b0, d, st.dpad, st.o + r0 * st.dpad, ls);
 }
 
 // Attends st.rows packed query rows (pre-scaled by scale*log2e) to keys [k0, k1) read through
@@ -231,10 +254,12 @@ inline void decode_panel(const float* q, index_t d, KeyPtr key, ValPtr val, inde
 // may see. Accumulates into st (online softmax), so ranges can be chained.
 // PREFETCH: fetch K and V rows ahead of use (rows gathered from anywhere, as in sparse
 // decoding); prefetch_end (>= k1): keys before it exist and may be prefetched. Without it the
-// caller has brought the rows in (dense decoding sweeps each block first).
+// caller has brought the rows in (dense decoding sweeps each block first) or streams them (ls:
+// advanced once per key visited).
 template <class T, bool PREFETCH = true, class KeyPtr, class ValPtr, class ValidOf>
 void decode_range(const float* q, index_t d, KeyPtr key, ValPtr val, index_t k0, index_t k1,
-                  const softmax_state& st, ValidOf valid_of, float* s, index_t prefetch_end) {
+                  const softmax_state& st, ValidOf valid_of, float* s, index_t prefetch_end,
+                  line_stream* ls = nullptr) {
   int valid[decode_row_panel];
   for (index_t b0 = k0; b0 < k1; b0 += BC) {
     const int nb = static_cast<int>(std::min<index_t>(BC, k1 - b0));
@@ -243,16 +268,20 @@ void decode_range(const float* q, index_t d, KeyPtr key, ValPtr val, index_t k0,
       for (int r = 0; r < rp; ++r) valid[r] = valid_of(r0 + r, b0, nb);
       switch (rp) {
         case 4:
-          decode_panel<4, PREFETCH, T>(q, d, key, val, b0, nb, prefetch_end - b0, valid, st, r0, s);
+          decode_panel<4, PREFETCH, T>(q, d, key, val, b0, nb, prefetch_end - b0, valid, st, r0, s,
+                                       ls);
           break;
         case 3:
-          decode_panel<3, PREFETCH, T>(q, d, key, val, b0, nb, prefetch_end - b0, valid, st, r0, s);
+          decode_panel<3, PREFETCH, T>(q, d, key, val, b0, nb, prefetch_end - b0, valid, st, r0, s,
+                                       ls);
           break;
         case 2:
-          decode_panel<2, PREFETCH, T>(q, d, key, val, b0, nb, prefetch_end - b0, valid, st, r0, s);
+          decode_panel<2, PREFETCH, T>(q, d, key, val, b0, nb, prefetch_end - b0, valid, st, r0, s,
+                                       ls);
           break;
         default:
-          decode_panel<1, PREFETCH, T>(q, d, key, val, b0, nb, prefetch_end - b0, valid, st, r0, s);
+          decode_panel<1, PREFETCH, T>(q, d, key, val, b0, nb, prefetch_end - b0, valid, st, r0, s,
+                                       ls);
           break;
       }
     }
@@ -353,6 +382,10 @@ void decode_block_heads(const float* qs, index_t d, index_t dpad, int rows, inde
 // ~17.5 / ~19.5 GB/s on 2 cores). AVX-512: sweep each block, then walk it head by head (measured
 // best on Zen 4 earlier; the interleaved order was no faster on a Sapphire Rapids host).
 inline constexpr bool decode_interleave_heads = W == 8;
+// Whether the head-by-head walk streams the next block in while it works (line_stream) instead of
+// sweeping each block before its arithmetic: 2-byte K/V only (fp32 measured no faster).
+template <class T>
+inline constexpr bool decode_stream_next_block = sizeof(T) <= 2;
 
 // A split-K task: keys [k0, k1) of one sequence, for every KV head. Walking all heads of a
 // token block together reads the cache ([tokens, heads, d]) as one sequential stream.
@@ -441,28 +474,50 @@ void decode_sequences(const tensor_view<const TQ>& q, const tensor_view<const TK
       }
       return;
     }
+    // A token-major cache holds a block's rows of all KV heads in one compact range per tensor.
+    auto first_line = [&](const auto& x, index_t t) {
+      return reinterpret_cast<const char*>(x.row(sp.k_begin + t, 0));
+    };
+    auto past_line = [&](const auto& x, index_t t) {
+      return reinterpret_cast<const char*>(x.row(sp.k_begin + t, c.kv_heads - 1)) + row_bytes;
+    };
+    const bool stream = compact && decode_stream_next_block<TKV>;
+    const index_t panels = (rows + decode_row_panel - 1) / decode_row_panel;
+    const index_t pv_chunks = (dpad + PV_NV * W - 1) / (PV_NV * W);
+    line_stream ls;
     for (index_t b0 = it.k0; b0 < it.k1; b0 += BC) {
       const index_t b1 = std::min(it.k1, b0 + BC);
-      // A token-major cache holds this block's rows of all KV heads in one compact range per
-      // tensor: sweep it in address order first (the sweep streams at full bandwidth and the
-      // per-head walk below then hits cache; ~20% faster at 32768 tokens than per-row software
-      // prefetching, whose instructions cost as much as the arithmetic). Other layouts keep
-      // the per-row prefetching.
-      if (compact) {
-        auto sweep = [&](const auto& x) {
-          touch_lines(reinterpret_cast<const char*>(x.row(sp.k_begin + b0, 0)),
-                      reinterpret_cast<const char*>(x.row(sp.k_begin + b1 - 1, c.kv_heads - 1)) +
-                          row_bytes);
-        };
-        sweep(k);
-        sweep(v);
+      // Sweep the block's ranges in address order first (the sweep streams at full bandwidth and
+      // the per-head walk below then hits cache; ~20% faster at 32768 tokens than per-row software
+      // prefetching, whose instructions cost as much as the arithmetic), or, streaming, only the
+      // first block: each block's walk prefetches the next one. Other layouts keep the per-row
+      // prefetching.
+      if (compact && (!stream || b0 == it.k0)) {
+        touch_lines(first_line(k, b0), past_line(k, b1 - 1));
+        touch_lines(first_line(v, b0), past_line(v, b1 - 1));
+      }
+      if (stream) {
+        ls = {};
+        if (b1 < it.k1) {
+          const index_t n1 = std::min(it.k1, b1 + BC);
+          ls.next[0] = first_line(k, b1);
+          ls.end[0] = past_line(k, n1 - 1);
+          ls.next[1] = first_line(v, b1);
+          ls.end[1] = past_line(v, n1 - 1);
+          // Key visits in this block: every head and panel scores each key once and runs
+          // pv_chunks P.V passes over it.
+          const index_t visits = c.kv_heads * (b1 - b0) * panels * (1 + pv_chunks);
+          const index_t lines = (ls.end[0] - ls.next[0] + ls.end[1] - ls.next[1] + 63) / 64;
+          ls.per_visit = (lines + visits - 1) / visits;
+        }
       }
       for (index_t kvh = 0; kvh < c.kv_heads; ++kvh) {
         auto key = [&](index_t t) { return k.row(sp.k_begin + t, kvh); };
         auto val = [&](index_t t) { return v.row(sp.k_begin + t, kvh); };
         const float* qh = qs + kvh * rows * dpad;
         if (compact) {
-          decode_range<TKV, false>(qh, d, key, val, b0, b1, state(kvh), valid_of, sbuf.data());
+          decode_range<TKV, false>(qh, d, key, val, b0, b1, state(kvh), valid_of, sbuf.data(), b1,
+                                   stream ? &ls : nullptr);
         } else {
           decode_range<TKV>(qh, d, key, val, b0, b1, state(kvh), valid_of, sbuf.data(),
                             std::min(it.k1, b1 + 2 * BC));
