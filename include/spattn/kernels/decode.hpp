@@ -379,8 +379,9 @@ void decode_block_heads(const float* qs, index_t d, index_t dpad, int rows, inde
 
 // How dense decoding walks a token-major cache, chosen per target by measurement. AVX2 (Zen 3):
 // decode_block_heads, heads interleaved in address order (f16 / f32 at 32768 tokens ~15 ->
-// ~17.5 / ~19.5 GB/s on 2 cores). AVX-512: sweep each block, then walk it head by head (measured
-// best on Zen 4 earlier; the interleaved order was no faster on a Sapphire Rapids host).
+// ~17.5 / ~19.5 GB/s on 2 cores). AVX-512: walk each block head by head, after sweeping it (fp32)
+// or while streaming the next one in (2-byte K/V, decode_stream_next_block); measured best on
+// Zen 4 earlier, and the interleaved order was no faster on two Intel Xeon hosts.
 inline constexpr bool decode_interleave_heads = W == 8;
 // Whether the head-by-head walk streams the next block in while it works (line_stream) instead of
 // sweeping each block before its arithmetic: 2-byte K/V only (fp32 measured no faster).
