@@ -19,12 +19,12 @@ inline void roofline_fma(benchmark::State& st) {
 #pragma omp parallel num_threads(t) reduction(+ : sink)
     {
       vfloat acc[acc_n];
-      for (int i = 0; i < acc_n; ++i) acc[i] = vfloat(static_cast<float>(i) * 1e-3f);
+      SPATTN_UNROLL for (int i = 0; i < acc_n; ++i) acc[i] = vfloat(static_cast<float>(i) * 1e-3f);
       const vfloat a(0.999999f), b(1e-7f);
       for (long i = 0; i < iters; ++i) {
-        for (int j = 0; j < acc_n; ++j) acc[j] = xsimd::fma(acc[j], a, b);
+        SPATTN_UNROLL for (int j = 0; j < acc_n; ++j) acc[j] = xsimd::fma(acc[j], a, b);
       }
-      for (int j = 0; j < acc_n; ++j) sink += xsimd::hadd(acc[j]);
+      SPATTN_UNROLL for (int j = 0; j < acc_n; ++j) sink += xsimd::hadd(acc[j]);
     }
     benchmark::DoNotOptimize(sink);
   }

@@ -12,6 +12,19 @@
 
 #include "spattn/core/dtype.hpp"
 
+// Put before a loop over register-blocked accumulators or operands (arrays with compile-time
+// bounds): the arrays stay in registers only when such loops are fully unrolled. GCC does that
+// at -O3 by itself but not at -O2 (CMake's RelWithDebInfo, distribution builds), where the
+// arrays lived on the stack and dense prefill / decode ran 3.4x / 1.7x slower, the FMA ceiling
+// loop 5x. The pragma asks for the unrolling at any optimisation level.
+#if defined(__clang__)
+#define SPATTN_UNROLL _Pragma("unroll")
+#elif defined(__GNUC__)
+#define SPATTN_UNROLL _Pragma("GCC unroll 16")
+#else
+#define SPATTN_UNROLL
+#endif
+
 namespace spattn::simd {
 
 using vfloat = xsimd::batch<float>;
@@ -160,14 +173,14 @@ inline __m512 sum4_across_lanes(__m512 v0, __m512 v1, __m512 v2, __m512 v3) {
 inline vfloat transpose_sum(const vfloat* rows) {
 #if defined(__AVX512F__)
   __m512 v[4];
-  for (int s = 0; s < 4; ++s) {
+  SPATTN_UNROLL for (int s = 0; s < 4; ++s) {
     v[s] = sum4_within_lanes(rows[4 * s], rows[4 * s + 1], rows[4 * s + 2], rows[4 * s + 3]);
   }
   return vfloat(sum4_across_lanes(v[0], v[1], v[2], v[3]));
 #elif defined(__AVX__)
   static_assert(W == 8);
   __m256 h[8];
-  for (int i = 0; i < 8; ++i) h[i] = rows[i];
+  SPATTN_UNROLL for (int i = 0; i < 8; ++i) h[i] = rows[i];
   return vfloat(transpose_sum8(h));
 #else
   alignas(64) float out[W];

@@ -95,7 +95,7 @@ inline void decode_qk_step(const float* q, index_t dpad, index_t d, KeyPtr key, 
   const index_t row_bytes = d * static_cast<index_t>(sizeof(T));
   const index_t dfull = d / W * W;
   const T* kr[JK];
-  for (int u = 0; u < JK; ++u) {
+  SPATTN_UNROLL for (int u = 0; u < JK; ++u) {
     // Keys past the block reuse its last key: their scores are masked later.
     const index_t kt_idx = b0 + std::min(jg + jj + u, nb - 1);
     kr[u] = key(kt_idx);
@@ -114,22 +114,23 @@ inline void decode_qk_step(const float* q, index_t dpad, index_t d, KeyPtr key, 
     }
   }
   vfloat acc[RP][JK];
-  for (int r = 0; r < RP; ++r)
-    for (int u = 0; u < JK; ++u) acc[r][u] = vfloat(0.0f);
+  SPATTN_UNROLL for (int r = 0; r < RP; ++r) {
+    SPATTN_UNROLL for (int u = 0; u < JK; ++u) acc[r][u] = vfloat(0.0f);
+  }
   for (index_t x = 0; x < dfull; x += W) {
     vfloat kv[JK];
-    for (int u = 0; u < JK; ++u) kv[u] = simd::load_f32(kr[u] + x);
-    for (int r = 0; r < RP; ++r) {
+    SPATTN_UNROLL for (int u = 0; u < JK; ++u) kv[u] = simd::load_f32(kr[u] + x);
+    SPATTN_UNROLL for (int r = 0; r < RP; ++r) {
       const vfloat qv = simd::pin(simd::load(q + r * dpad + x));  // one load, JK FMAs
-      for (int u = 0; u < JK; ++u) acc[r][u] = xsimd::fma(qv, kv[u], acc[r][u]);
+      SPATTN_UNROLL for (int u = 0; u < JK; ++u) acc[r][u] = xsimd::fma(qv, kv[u], acc[r][u]);
     }
   }
   if (dfull < d) {  // head_dim tail (not a multiple of W)
     vfloat kv[JK];
-    for (int u = 0; u < JK; ++u) kv[u] = load_f32_n(kr[u] + dfull, d - dfull);
-    for (int r = 0; r < RP; ++r) {
+    SPATTN_UNROLL for (int u = 0; u < JK; ++u) kv[u] = load_f32_n(kr[u] + dfull, d - dfull);
+    SPATTN_UNROLL for (int r = 0; r < RP; ++r) {
       const vfloat qv = simd::load(q + r * dpad + dfull);
-      for (int u = 0; u < JK; ++u) acc[r][u] = xsimd::fma(qv, kv[u], acc[r][u]);
+      SPATTN_UNROLL for (int u = 0; u < JK; ++u) acc[r][u] = xsimd::fma(qv, kv[u], acc[r][u]);
     }
   }
   sink(acc);
@@ -176,14 +177,14 @@ inline void decode_qk(const float* q, index_t dpad, index_t d, KeyPtr key, ValPt
     __m512 half[4][RP];
     for_steps<4>([&](auto S) {
       auto reduce = [&](const step_sums<RP, 4>& acc) {
-        for (int r = 0; r < RP; ++r) {
+        SPATTN_UNROLL for (int r = 0; r < RP; ++r) {
           half[S()][r] = simd::sum4_within_lanes(acc[r][0], acc[r][1], acc[r][2], acc[r][3]);
         }
       };
       decode_qk_step<RP, 4, PREFETCH, T>(q, dpad, d, key, val, b0, nb, avail, prefetch_v, jg,
                                          4 * S(), ls, reduce);
     });
-    for (int r = 0; r < RP; ++r) {
+    SPATTN_UNROLL for (int r = 0; r < RP; ++r) {
       _mm512_storeu_ps(s + r * BC + jg,
                        simd::sum4_across_lanes(half[0][r], half[1][r], half[2][r], half[3][r]));
     }
@@ -194,15 +195,16 @@ inline void decode_qk(const float* q, index_t dpad, index_t d, KeyPtr key, ValPt
     for_steps<qk_steps<RP> >([&](auto S) {
       constexpr int first = qk_step_first<RP, S()>, keys = qk_step_keys<RP, S()>;
       auto keep = [&](const step_sums<RP, keys>& acc) {
-        for (int r = 0; r < RP; ++r)
-          for (int u = 0; u < keys; ++u) simd::store(t[r][first + u], acc[r][u]);
+        SPATTN_UNROLL for (int r = 0; r < RP; ++r) {
+          SPATTN_UNROLL for (int u = 0; u < keys; ++u) simd::store(t[r][first + u], acc[r][u]);
+        }
       };
       decode_qk_step<RP, keys, PREFETCH, T>(q, dpad, d, key, val, b0, nb, avail, prefetch_v, jg,
                                             first, ls, keep);
     });
-    for (int r = 0; r < RP; ++r) {
+    SPATTN_UNROLL for (int r = 0; r < RP; ++r) {
       vfloat rows[W];
-      for (int jj = 0; jj < W; ++jj) rows[jj] = vfloat::load_aligned(t[r][jj]);
+      SPATTN_UNROLL for (int jj = 0; jj < W; ++jj) rows[jj] = vfloat::load_aligned(t[r][jj]);
       simd::store(s + r * BC + jg, simd::transpose_sum(rows));
     }
   }
@@ -214,26 +216,28 @@ template <int RP, int NV, bool TAIL, class T, class ValPtr>
 inline void decode_pv(const float* p, int n, ValPtr val, index_t b0, index_t d, index_t dpad,
                       float* o, index_t d0, line_stream* ls) {
   vfloat acc[RP][NV];
-  for (int r = 0; r < RP; ++r)
-    for (int v = 0; v < NV; ++v) acc[r][v] = simd::load(o + r * dpad + d0 + v * W);
+  SPATTN_UNROLL for (int r = 0; r < RP; ++r) {
+    SPATTN_UNROLL for (int v = 0; v < NV; ++v) acc[r][v] = simd::load(o + r * dpad + d0 + v * W);
+  }
   for (int j = 0; j < n; ++j) {
     const T* vr = val(b0 + j) + d0;
     if (ls) ls->advance();
     vfloat b[NV];
-    for (int v = 0; v < NV; ++v) {
+    SPATTN_UNROLL for (int v = 0; v < NV; ++v) {
       if constexpr (TAIL) {
         b[v] = v + 1 < NV ? simd::load_f32(vr + v * W) : load_f32_n(vr + v * W, d - d0 - v * W);
       } else {
         b[v] = simd::load_f32(vr + v * W);
       }
     }
-    for (int r = 0; r < RP; ++r) {
+    SPATTN_UNROLL for (int r = 0; r < RP; ++r) {
       const vfloat a(p[r * BC + j]);
-      for (int v = 0; v < NV; ++v) acc[r][v] = xsimd::fma(a, b[v], acc[r][v]);
+      SPATTN_UNROLL for (int v = 0; v < NV; ++v) acc[r][v] = xsimd::fma(a, b[v], acc[r][v]);
     }
   }
-  for (int r = 0; r < RP; ++r)
-    for (int v = 0; v < NV; ++v) simd::store(o + r * dpad + d0 + v * W, acc[r][v]);
+  SPATTN_UNROLL for (int r = 0; r < RP; ++r) {
+    SPATTN_UNROLL for (int v = 0; v < NV; ++v) simd::store(o + r * dpad + d0 + v * W, acc[r][v]);
+  }
 }
 
 template <int RP, int NV, class T, class ValPtr>
@@ -272,10 +276,10 @@ inline void decode_panel(const float* q, index_t d, KeyPtr key, ValPtr val, inde
                          index_t avail, const int* valid, const softmax_state& st, int r0, float* s,
                          line_stream* ls) {
   int max_valid = 0;
-  for (int r = 0; r < RP; ++r) max_valid = std::max(max_valid, valid[r]);
+  SPATTN_UNROLL for (int r = 0; r < RP; ++r) max_valid = std::max(max_valid, valid[r]);
   if (max_valid == 0) return;
   decode_qk<RP, PREFETCH, T>(q + r0 * st.dpad, st.dpad, d, key, val, b0, nb, avail, r0 == 0, s, ls);
-  for (int r = 0; r < RP; ++r) {
+  SPATTN_UNROLL for (int r = 0; r < RP; ++r) {
     softmax_row(s + r * BC, valid[r], st.m[r0 + r], st.l[r0 + r], st.o + (r0 + r) * st.dpad,
                 st.dpad);
   }

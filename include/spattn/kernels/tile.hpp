@@ -96,21 +96,21 @@ inline void pack_k_transposed(RowPtr row_ptr, int n, index_t d, float* kt) {
       const int rows = std::clamp(n - j0, 0, 16);
       for (index_t x0 = 0; x0 < d; x0 += 16) {
         __m512 r[16];
-        for (int i = 0; i < 16; ++i) {
+        SPATTN_UNROLL for (int i = 0; i < 16; ++i) {
           r[i] = i < rows ? __m512(simd::load_f32(row_ptr(j0 + i) + x0)) : _mm512_setzero_ps();
         }
         __m512 t[16], u[16];
-        for (int i = 0; i < 8; ++i) {
+        SPATTN_UNROLL for (int i = 0; i < 8; ++i) {
           t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
           t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
         }
-        for (int k = 0; k < 4; ++k) {
+        SPATTN_UNROLL for (int k = 0; k < 4; ++k) {
           u[4 * k + 0] = _mm512_shuffle_ps(t[4 * k + 0], t[4 * k + 2], _MM_SHUFFLE(1, 0, 1, 0));
           u[4 * k + 1] = _mm512_shuffle_ps(t[4 * k + 0], t[4 * k + 2], _MM_SHUFFLE(3, 2, 3, 2));
           u[4 * k + 2] = _mm512_shuffle_ps(t[4 * k + 1], t[4 * k + 3], _MM_SHUFFLE(1, 0, 1, 0));
           u[4 * k + 3] = _mm512_shuffle_ps(t[4 * k + 1], t[4 * k + 3], _MM_SHUFFLE(3, 2, 3, 2));
         }
-        for (int c = 0; c < 4; ++c) {
+        SPATTN_UNROLL for (int c = 0; c < 4; ++c) {
           const __m512 w0 = _mm512_shuffle_f32x4(u[c], u[4 + c], 0x44);
           const __m512 w1 = _mm512_shuffle_f32x4(u[c], u[4 + c], 0xEE);
           const __m512 w2 = _mm512_shuffle_f32x4(u[8 + c], u[12 + c], 0x44);
@@ -177,20 +177,22 @@ inline vfloat operand(vfloat v) {
 template <int R, int NV, class KC>
 inline void qk_panel(const float* q, index_t ldq, const KC& kc, index_t d, float* s, int col0) {
   vfloat acc[R][NV];
-  for (int r = 0; r < R; ++r)
-    for (int v = 0; v < NV; ++v) acc[r][v] = vfloat(0.0f);
+  SPATTN_UNROLL for (int r = 0; r < R; ++r) {
+    SPATTN_UNROLL for (int v = 0; v < NV; ++v) acc[r][v] = vfloat(0.0f);
+  }
   for (index_t x = 0; x < d; x += KC::dims) {
-    for (int h = 0; h < KC::dims; ++h) {
+    SPATTN_UNROLL for (int h = 0; h < KC::dims; ++h) {
       vfloat b[NV];
-      for (int v = 0; v < NV; ++v) b[v] = operand(kc.load(col0 / W + v, x, h));
-      for (int r = 0; r < R; ++r) {
+      SPATTN_UNROLL for (int v = 0; v < NV; ++v) b[v] = operand(kc.load(col0 / W + v, x, h));
+      SPATTN_UNROLL for (int r = 0; r < R; ++r) {
         const vfloat a(q[r * ldq + x + h]);
-        for (int v = 0; v < NV; ++v) acc[r][v] = xsimd::fma(a, b[v], acc[r][v]);
+        SPATTN_UNROLL for (int v = 0; v < NV; ++v) acc[r][v] = xsimd::fma(a, b[v], acc[r][v]);
       }
     }
   }
-  for (int r = 0; r < R; ++r)
-    for (int v = 0; v < NV; ++v) simd::store(s + r * BC + col0 + v * W, acc[r][v]);
+  SPATTN_UNROLL for (int r = 0; r < R; ++r) {
+    SPATTN_UNROLL for (int v = 0; v < NV; ++v) simd::store(s + r * BC + col0 + v * W, acc[r][v]);
+  }
 }
 
 // Packs a bf16 key tile as transposed dimension pairs: kp[x2 * BC + j] = (K[j][2 x2], K[j][2 x2
@@ -224,21 +226,23 @@ template <int R, int NV>
 inline void qk_panel_bf16(const std::uint32_t* q, index_t ldq, const std::uint32_t* kp, index_t d,
                           float scale, float* s, int col0) {
   __m512 acc[R][NV];
-  for (int r = 0; r < R; ++r)
-    for (int v = 0; v < NV; ++v) acc[r][v] = _mm512_setzero_ps();
+  SPATTN_UNROLL for (int r = 0; r < R; ++r) {
+    SPATTN_UNROLL for (int v = 0; v < NV; ++v) acc[r][v] = _mm512_setzero_ps();
+  }
   const std::uint32_t* kr = kp + col0;
   for (index_t x2 = 0; x2 < d / 2; ++x2, kr += BC) {
     __m512bh b[NV];
-    for (int v = 0; v < NV; ++v) b[v] = (__m512bh)_mm512_loadu_si512(kr + v * 16);
-    for (int r = 0; r < R; ++r) {
+    SPATTN_UNROLL for (int v = 0; v < NV; ++v) b[v] = (__m512bh)_mm512_loadu_si512(kr + v * 16);
+    SPATTN_UNROLL for (int r = 0; r < R; ++r) {
       const __m512bh a = (__m512bh)_mm512_set1_epi32(static_cast<int>(q[r * ldq + x2]));
-      for (int v = 0; v < NV; ++v) acc[r][v] = _mm512_dpbf16_ps(acc[r][v], a, b[v]);
+      SPATTN_UNROLL for (int v = 0; v < NV; ++v) acc[r][v] = _mm512_dpbf16_ps(acc[r][v], a, b[v]);
     }
   }
   const __m512 sc = _mm512_set1_ps(scale);
-  for (int r = 0; r < R; ++r)
-    for (int v = 0; v < NV; ++v)
-      _mm512_storeu_ps(s + r * BC + col0 + v * 16, _mm512_mul_ps(acc[r][v], sc));
+  SPATTN_UNROLL for (int r = 0; r < R; ++r) {
+    SPATTN_UNROLL for (int v = 0; v < NV; ++v)
+        _mm512_storeu_ps(s + r * BC + col0 + v * 16, _mm512_mul_ps(acc[r][v], sc));
+  }
 }
 #else
 inline constexpr bool has_bf16_dot = false;
@@ -255,14 +259,14 @@ struct v_packed {
   template <int NV>
   void load(int j, index_t d0, vfloat* b) const {
     const float* row = vp + j * dpad + d0;
-    for (int v = 0; v < NV; ++v) b[v] = simd::load(row + v * W);
+    SPATTN_UNROLL for (int v = 0; v < NV; ++v) b[v] = simd::load(row + v * W);
   }
 };
 struct v_rows {
   const float* row[BC];
   template <int NV>
   void load(int j, index_t d0, vfloat* b) const {
-    for (int v = 0; v < NV; ++v) b[v] = simd::load(row[j] + d0 + v * W);
+    SPATTN_UNROLL for (int v = 0; v < NV; ++v) b[v] = simd::load(row[j] + d0 + v * W);
   }
 };
 struct v_pair_rows {
@@ -284,19 +288,21 @@ struct v_pair_rows {
 template <int R, int NV, class VS>
 inline void pv_panel(const float* p, int ncols, const VS& vs, index_t dpad, float* o, index_t d0) {
   vfloat acc[R][NV];
-  for (int r = 0; r < R; ++r)
-    for (int v = 0; v < NV; ++v) acc[r][v] = simd::load(o + r * dpad + d0 + v * W);
+  SPATTN_UNROLL for (int r = 0; r < R; ++r) {
+    SPATTN_UNROLL for (int v = 0; v < NV; ++v) acc[r][v] = simd::load(o + r * dpad + d0 + v * W);
+  }
   for (int j = 0; j < ncols; ++j) {
     vfloat b[NV];
     vs.template load<NV>(j, d0, b);
-    for (int v = 0; v < NV; ++v) b[v] = operand(b[v]);
-    for (int r = 0; r < R; ++r) {
+    SPATTN_UNROLL for (int v = 0; v < NV; ++v) b[v] = operand(b[v]);
+    SPATTN_UNROLL for (int r = 0; r < R; ++r) {
       const vfloat a(p[r * BC + j]);
-      for (int v = 0; v < NV; ++v) acc[r][v] = xsimd::fma(a, b[v], acc[r][v]);
+      SPATTN_UNROLL for (int v = 0; v < NV; ++v) acc[r][v] = xsimd::fma(a, b[v], acc[r][v]);
     }
   }
-  for (int r = 0; r < R; ++r)
-    for (int v = 0; v < NV; ++v) simd::store(o + r * dpad + d0 + v * W, acc[r][v]);
+  SPATTN_UNROLL for (int r = 0; r < R; ++r) {
+    SPATTN_UNROLL for (int v = 0; v < NV; ++v) simd::store(o + r * dpad + d0 + v * W, acc[r][v]);
+  }
 }
 
 // Writes the first d values of an O row in pair layout (v_pair_rows) in dimension order.
@@ -376,10 +382,10 @@ template <int R, class KC, class VS>
 inline void attend_panel(const float* qs, index_t dpad, index_t d, const KC& kt, const VS& vp,
                          const int* valid, const softmax_state& st, int r0, float* s) {
   int max_valid = 0;
-  for (int r = 0; r < R; ++r) max_valid = std::max(max_valid, valid[r]);
+  SPATTN_UNROLL for (int r = 0; r < R; ++r) max_valid = std::max(max_valid, valid[r]);
   if (max_valid == 0) return;
   qk_panel_all<R>(qs + r0 * dpad, dpad, kt, d, s);
-  for (int r = 0; r < R; ++r) {
+  SPATTN_UNROLL for (int r = 0; r < R; ++r) {
     softmax_row(s + r * BC, valid[r], st.m[r0 + r], st.l[r0 + r], st.o + (r0 + r) * dpad, dpad);
   }
   pv_panel_all<R>(s, max_valid, vp, dpad, st.o + r0 * dpad);

@@ -445,12 +445,13 @@ struct block_sparse {
       index_t j = 0;
       for (; j + NV * W <= d; j += NV * W) {
         vfloat acc[NV];
-        for (int v = 0; v < NV; ++v) acc[v] = vfloat(0.0f);
+        SPATTN_UNROLL for (int v = 0; v < NV; ++v) acc[v] = vfloat(0.0f);
         for (index_t t = a; t < z; ++t) {
           const T* r = x.row(t, h) + j;
-          for (int v = 0; v < NV; ++v) acc[v] += simd::load_f32(r + v * W);
+          SPATTN_UNROLL for (int v = 0; v < NV; ++v) acc[v] += simd::load_f32(r + v * W);
         }
-        for (int v = 0; v < NV; ++v) simd::store(dst + j + v * W, acc[v] * vfloat(inv));
+        SPATTN_UNROLL for (int v = 0; v < NV; ++v)
+            simd::store(dst + j + v * W, acc[v] * vfloat(inv));
       }
       for (; j + W <= d; j += W) {
         vfloat acc(0.0f);

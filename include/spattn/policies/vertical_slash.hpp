@@ -174,20 +174,20 @@ double vs_estimate(const tensor_view<const TQ>& q, const tensor_view<const TK>& 
     }
     constexpr int NV = BC / W;
     vfloat vacc[NV];
-    for (int v = 0; v < NV; ++v) vacc[v] = vfloat(0.0f);
+    SPATTN_UNROLL for (int v = 0; v < NV; ++v) vacc[v] = vfloat(0.0f);
     for (index_t i = 0; i < A; ++i) {
       const float wi = w[static_cast<std::size_t>(i)];
       if (wi == 0.0f) continue;
       const f16* row = pt + i * BC;
       const vfloat wv(wi);
       float* dr = diag.data() + k0 + (A - 1 - i);  // t = j + (P - 1 - pos_i)
-      for (int v = 0; v < NV; ++v) {
+      SPATTN_UNROLL for (int v = 0; v < NV; ++v) {
         const vfloat p = simd::load_f32(row + v * W) * wv;
         vacc[v] += p;
         simd::store(dr + v * W, simd::load(dr + v * W) + p);
       }
     }
-    for (int v = 0; v < NV; ++v) simd::store(vert.data() + k0 + v * W, vacc[v]);
+    SPATTN_UNROLL for (int v = 0; v < NV; ++v) simd::store(vert.data() + k0 + v * W, vacc[v]);
   }
   vert.resize(static_cast<std::size_t>(P));
   diag.resize(static_cast<std::size_t>(P));
