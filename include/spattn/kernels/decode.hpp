@@ -307,10 +307,10 @@ inline void decode_panel(const float* q, index_t d, KeyPtr key, ValPtr val, inde
                          index_t avail, const int* valid, const softmax_state& st, int r0, float* s,
                          line_stream* ls) {
   int max_valid = 0;
-  SPATTN_UNROLL for (int r = 0; r < RP; ++r) max_valid = std::max(max_valid, valid[r]);
+  for (int r = 0; r < RP; ++r) max_valid = std::max(max_valid, valid[r]);
   if (max_valid == 0) return;
   decode_qk<RP, PREFETCH, T>(q + r0 * st.dpad, st.dpad, d, key, val, b0, nb, avail, r0 == 0, s, ls);
-  SPATTN_UNROLL for (int r = 0; r < RP; ++r) {
+  for (int r = 0; r < RP; ++r) {
     softmax_row(s + r * BC, valid[r], st.m[r0 + r], st.l[r0 + r], st.o + (r0 + r) * st.dpad,
                 st.dpad);
   }

@@ -382,10 +382,10 @@ template <int R, class KC, class VS>
 inline void attend_panel(const float* qs, index_t dpad, index_t d, const KC& kt, const VS& vp,
                          const int* valid, const softmax_state& st, int r0, float* s) {
   int max_valid = 0;
-  SPATTN_UNROLL for (int r = 0; r < R; ++r) max_valid = std::max(max_valid, valid[r]);
+  for (int r = 0; r < R; ++r) max_valid = std::max(max_valid, valid[r]);
   if (max_valid == 0) return;
   qk_panel_all<R>(qs + r0 * dpad, dpad, kt, d, s);
-  SPATTN_UNROLL for (int r = 0; r < R; ++r) {
+  for (int r = 0; r < R; ++r) {
     softmax_row(s + r * BC, valid[r], st.m[r0 + r], st.l[r0 + r], st.o + (r0 + r) * dpad, dpad);
   }
   pv_panel_all<R>(s, max_valid, vp, dpad, st.o + r0 * dpad);
